@@ -1,0 +1,10 @@
+"""Experts: one async interface over local Hugging Face models, LiteLLM API models and Python callables.
+
+Importing this package imports neither torch nor litellm; the concrete experts load them
+when they are built.
+"""
+
+from expertgraph.agents.base import Expert, ExpertCallError, RawOutput, to_messages
+from expertgraph.agents.callable import CallableExpert
+
+__all__ = ["CallableExpert", "Expert", "ExpertCallError", "RawOutput", "to_messages"]

@@ -1,0 +1,172 @@
+"""The one interface every expert has: a name, a card and ``async generate``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from expertgraph.core.types import ExpertCard, ExpertFailure, Generation, Message
+
+MessageLike = Message | Mapping[str, Any]
+
+
+@dataclass
+class RawOutput:
+    """What a concrete expert returns to the base class; the base adds timing and errors."""
+
+    text: str
+    finish_reason: str | None = "stop"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+    """None: the base class prices the tokens with the card."""
+    attempts: int = 1
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExpertCallError(Exception):
+    """Raised by a concrete expert for a failure it has already classified."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "error",
+        status_code: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.type = type
+        self.status_code = status_code
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+def to_messages(messages: Sequence[MessageLike] | str) -> list[Message]:
+    """Accept a prompt string, ``Message`` objects or OpenAI-style dicts."""
+    if isinstance(messages, str):
+        return [Message(role="user", content=messages)]
+    out: list[Message] = []
+    for item in messages:
+        out.append(item if isinstance(item, Message) else Message.model_validate(dict(item)))
+    return out
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            return message.content
+    return messages[-1].content if messages else ""
+
+
+class Expert(ABC):
+    """Base class of all experts.
+
+    Subclasses implement :meth:`_generate`. The base class enforces the card's timeout and
+    concurrency limit, measures latency, prices tokens with the card when the subclass does
+    not, and turns every exception into ``Generation.error``: :meth:`generate` never raises.
+    """
+
+    kind: str = "expert"
+
+    def __init__(self, name: str, card: ExpertCard | None = None) -> None:
+        if not name or not name.strip():
+            raise ValueError("an expert needs a non-empty name")
+        self.name = name
+        self.card = card or ExpertCard()
+        # Semaphores bind to the loop that first uses them; runs may use several loops.
+        self._semaphores: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Semaphore
+        ] = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    @abstractmethod
+    async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
+        """Produce one answer; raise on failure (preferably :class:`ExpertCallError`)."""
+
+    async def load(self) -> None:
+        """Load weights or open connections ahead of the first call (optional)."""
+
+    async def aclose(self) -> None:
+        """Release resources (optional)."""
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        sem = self._semaphores.get(loop)
+        if sem is None:
+            sem = asyncio.Semaphore(self.card.max_concurrency)
+            self._semaphores[loop] = sem
+        return sem
+
+    async def generate(
+        self, messages: Sequence[MessageLike] | str, **params: Any
+    ) -> Generation:
+        """Answer ``messages``. Failures come back as ``Generation.error``, never raised."""
+        sample = int(params.pop("sample", 0))
+        timeout = float(params.pop("timeout", self.card.timeout_s))
+        started = time.perf_counter()
+        try:
+            msgs = to_messages(messages)
+            async with self._semaphore():
+                raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes data
+            return Generation(
+                expert=self.name,
+                latency_s=time.perf_counter() - started,
+                attempts=getattr(exc, "attempts", 1),
+                error=_failure_from(exc, timeout),
+                sample=sample,
+                params=_jsonable(params),
+            )
+        cost = (
+            raw.cost
+            if raw.cost is not None
+            else self.card.estimate_cost(raw.input_tokens, raw.output_tokens)
+        )
+        return Generation(
+            expert=self.name,
+            text=raw.text,
+            finish_reason=raw.finish_reason,
+            input_tokens=raw.input_tokens,
+            output_tokens=raw.output_tokens,
+            cost=cost,
+            latency_s=time.perf_counter() - started,
+            attempts=raw.attempts,
+            model=raw.model,
+            sample=sample,
+            params=_jsonable(params),
+        )
+
+
+def _failure_from(exc: BaseException, timeout: float) -> ExpertFailure:
+    if isinstance(exc, ExpertCallError):
+        return ExpertFailure(
+            type=exc.type,
+            message=str(exc),
+            status_code=exc.status_code,
+            retryable=exc.retryable,
+        )
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return ExpertFailure(type="timeout", message=f"no answer within {timeout:g}s", retryable=True)
+    return ExpertFailure(type=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+            out[key] = list(value)
+    return out

@@ -1,0 +1,204 @@
+"""The public entry point: an orchestrator built from experts and a policy, or from a config file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from expertgraph.agents.base import Expert
+from expertgraph.core.errors import ConfigError
+from expertgraph.core.types import Budget, RunResult, Task, Usage
+from expertgraph.orchestrator.config import ExpertGraphConfig, load_config
+from expertgraph.orchestrator.graph import GraphState, RunGraph
+from expertgraph.policies.base import Aggregator, Policy
+from expertgraph.traces.store import TraceStore
+
+TaskLike = Task | str | Mapping[str, Any]
+
+
+@dataclass
+class RunEvent:
+    """One streamed event: a node finished (``route``, ``call``, ``aggregate``) or the run ended."""
+
+    node: str
+    run_id: str
+    step: int
+    data: dict[str, Any]
+    result: RunResult | None = None
+
+
+class Orchestrator:
+    """Runs tasks through the route -> dispatch -> aggregate graph.
+
+    Build it from live objects (``Orchestrator([expert, ...], policy)``) or from a config
+    file (:meth:`from_config`). The compiled LangGraph graph is :attr:`graph`.
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        policy: Policy | None = None,
+        aggregator: Aggregator | None = None,
+        *,
+        top_k: int = 1,
+        budget: Budget | None = None,
+        trace_dir: str | Path = ".expertgraph/traces",
+        fsync: bool = False,
+        defaults: Mapping[str, Any] | None = None,
+        expert_params: Mapping[str, Mapping[str, Any]] | None = None,
+        name: str = "default",
+        config_snapshot: dict[str, Any] | None = None,
+    ) -> None:
+        if not experts:
+            raise ConfigError("an orchestrator needs at least one expert", field="experts")
+        names = [e.name for e in experts]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"duplicate expert names: {duplicates}", field="experts")
+        self.experts: dict[str, Expert] = {e.name: e for e in experts}
+        if policy is None:
+            from expertgraph.policies.embedding import EmbeddingRouter
+
+            policy = EmbeddingRouter()
+        if aggregator is None:
+            from expertgraph.policies.voting import MajorityVote
+
+            aggregator = MajorityVote()
+        self.policy = policy
+        self.aggregator = aggregator
+        self.top_k = top_k
+        self.budget = budget or Budget()
+        self.name = name
+        self.trace_store = TraceStore(trace_dir, fsync=fsync)
+        self.default_params: dict[str, Any] = dict(defaults or {"max_tokens": 128, "temperature": 0})
+        self.expert_params = {k: dict(v) for k, v in (expert_params or {}).items()}
+        unknown = sorted(set(self.expert_params) - set(self.experts))
+        if unknown:
+            raise ConfigError(f"params given for unknown experts {unknown}", field="expert_params")
+        self.config_snapshot = config_snapshot or {
+            "experts": names,
+            "policy": policy.name,
+            "aggregator": aggregator.name,
+            "top_k": top_k,
+        }
+        self._graph = RunGraph(self)
+
+    # ---- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: str | Path | ExpertGraphConfig, *, base_dir: str | Path | None = None
+    ) -> Orchestrator:
+        """Build from a YAML/TOML file or a parsed :class:`ExpertGraphConfig`.
+
+        Relative paths in the config (trace dir, home) resolve against ``base_dir``, default
+        the current working directory.
+        """
+        from expertgraph.orchestrator.build import build_from_config
+
+        cfg = load_config(config) if isinstance(config, (str, Path)) else config
+        return build_from_config(cfg, cls, base_dir=Path(base_dir) if base_dir else None)
+
+    # ---- running ---------------------------------------------------------------------------
+
+    @property
+    def graph(self) -> Any:
+        """The compiled LangGraph graph; add it as a node of your own graph if you like."""
+        return self._graph.compiled
+
+    def as_task(self, task: TaskLike) -> Task:
+        """Coerce a prompt or mapping to a :class:`Task`, applying the default budget."""
+        if isinstance(task, str):
+            task = Task(prompt=task)
+        elif not isinstance(task, Task):
+            task = Task.model_validate(dict(task))
+        if "budget" not in task.model_fields_set:
+            task = task.model_copy(update={"budget": self.budget})
+        return task
+
+    def _initial_state(self, task: Task, run_id: str | None) -> tuple[GraphState, dict[str, Any]]:
+        ctx = self._graph.open_run(task, run_id)
+        state: GraphState = {
+            "task": task,
+            "run_id": ctx.run_id,
+            "step_index": 0,
+            "steps": [],
+            "usage": Usage(),
+            "round": 0,
+            "started_at": ctx.started_at,
+            "answer": None,
+            "stop_reason": None,
+        }
+        config = {"recursion_limit": self._graph.recursion_limit(task)}
+        return state, config
+
+    def _result(self, state: Mapping[str, Any], task: Task, started: float) -> RunResult:
+        run_id = state["run_id"]
+        return RunResult(
+            run_id=run_id,
+            task=task,
+            answer=state.get("answer"),
+            steps=list(state.get("steps") or []),
+            usage=state.get("usage") or Usage(),
+            stop_reason=state.get("stop_reason") or "",
+            trace_path=str(self.trace_store.path_for(run_id)),
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def arun(self, task: TaskLike, *, run_id: str | None = None) -> RunResult:
+        """Run a task to the end and return its result; the trace is written as it goes."""
+        task = self.as_task(task)
+        started = time.perf_counter()
+        state, config = self._initial_state(task, run_id)
+        try:
+            final = await self.graph.ainvoke(state, config=config)
+        except BaseException as exc:
+            reason = f"error: {type(exc).__name__}: {exc}"
+            self._graph.close_run({**state, "stop_reason": reason}, reason)
+            raise
+        return self._result(final, task, started)
+
+    def run(self, task: TaskLike, *, run_id: str | None = None) -> RunResult:
+        """Synchronous :meth:`arun`; not for use inside a running event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(task, run_id=run_id))
+        raise RuntimeError("Orchestrator.run() was called inside an event loop; use 'await orch.arun(task)'")
+
+    async def astream(self, task: TaskLike, *, run_id: str | None = None) -> AsyncIterator[RunEvent]:
+        """Run a task, yielding an event as each node finishes and a final ``end`` event."""
+        task = self.as_task(task)
+        started = time.perf_counter()
+        state, config = self._initial_state(task, run_id)
+        current: dict[str, Any] = dict(state)
+        try:
+            async for chunk in self.graph.astream(state, config=config, stream_mode="updates"):
+                for node, update in chunk.items():
+                    update = update or {}
+                    if node == "call":
+                        current["candidates"] = [*(current.get("candidates") or []), *update.get("candidates", [])]
+                    else:
+                        current.update({k: v for k, v in update.items() if k != "candidates"})
+                        if "candidates" in update and update["candidates"] is None:
+                            current["candidates"] = []
+                    yield RunEvent(
+                        node=node,
+                        run_id=state["run_id"],
+                        step=current.get("step_index", 0),
+                        data=update,
+                    )
+        except BaseException as exc:
+            reason = f"error: {type(exc).__name__}: {exc}"
+            self._graph.close_run({**current, "stop_reason": reason}, reason)
+            raise
+        result = self._result(current, task, started)
+        yield RunEvent(node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result)
+
+    async def aclose(self) -> None:
+        """Release every expert's resources."""
+        await asyncio.gather(*(e.aclose() for e in self.experts.values()), return_exceptions=True)

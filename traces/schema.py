@@ -1,0 +1,91 @@
+"""Typed, versioned trace records: one JSON line per event of a run."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from expertgraph.core.types import (
+    SCHEMA_VERSION,
+    Decision,
+    ExpertCard,
+    Generation,
+    StepResult,
+    Task,
+    Usage,
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: int = SCHEMA_VERSION
+    run_id: str
+    seq: int = 0
+    """Position of the record in its run, assigned by the writer."""
+    ts: float = Field(default_factory=time.time)
+
+
+class ExpertInfo(BaseModel):
+    """An expert as the run saw it: enough to explain the run without the live object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: str
+    card: ExpertCard
+    model: str | None = None
+
+
+class RunStart(_Record):
+    type: Literal["run_start"] = "run_start"
+    task: Task
+    experts: list[ExpertInfo]
+    policy: str
+    aggregator: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class RouteRecord(_Record):
+    type: Literal["route"] = "route"
+    step: int
+    decision: Decision
+
+
+class CallRecord(_Record):
+    type: Literal["call"] = "call"
+    step: int
+    instruction: str
+    generation: Generation
+
+
+class AggregateRecord(_Record):
+    type: Literal["aggregate"] = "aggregate"
+    step: int
+    result: StepResult
+
+
+class StepEnd(_Record):
+    type: Literal["step_end"] = "step_end"
+    step: int
+    instruction: str
+    answer: str | None
+    usage: Usage
+
+
+class RunEnd(_Record):
+    type: Literal["run_end"] = "run_end"
+    answer: str | None
+    stop_reason: str
+    usage: Usage
+    steps: int
+    latency_s: float
+
+
+TraceRecord = Annotated[
+    RunStart | RouteRecord | CallRecord | AggregateRecord | StepEnd | RunEnd,
+    Field(discriminator="type"),
+]
+record_adapter: TypeAdapter[TraceRecord] = TypeAdapter(TraceRecord)
