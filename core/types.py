@@ -251,3 +251,22 @@ class RunResult(_Model):
 def candidate_key(generation: Generation) -> str:
     """Stable name of one candidate inside a step: ``expert#sample``."""
     return f"{generation.expert}#{generation.sample}"
+
+
+class RoutingExample(_Model):
+    """One row of a routing dataset: a prompt and how well (and at what cost) each expert did.
+
+    Stored as JSONL, one example per line. ``expertgraph train`` reads it, ``expertgraph
+    eval`` measures policies on it, and ``expertgraph traces export`` writes it from traces.
+    """
+
+    id: str
+    prompt: str
+    scores: dict[str, float]
+    """Expert name -> quality of its answer (1/0 for correct/wrong, or a graded score)."""
+    costs: dict[str, float] = Field(default_factory=dict)
+    """Expert name -> cost of answering this prompt (money or a price-weighted token count)."""
+    responses: dict[str, str] = Field(default_factory=dict)
+    task: str | None = None
+    """A task label (benchmark name), when known."""
+    meta: dict[str, Any] = Field(default_factory=dict)
