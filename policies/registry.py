@@ -79,6 +79,158 @@ def _majority(options: NoOptions, ctx: BuildContext) -> Aggregator:
     return MajorityVote()
 
 
+# ---- online policies: LLM router, cascade, random, oracle (policies/llm_router.py, cascade.py, baselines.py)
+
+
+class LLMRouterOptions(_Options):
+    expert: str = Field(min_length=1)
+    """The configured expert that acts as the router."""
+    fallback: dict[str, Any] = Field(default_factory=lambda: {"name": "embedding"})
+    """The policy used when the router's answer is invalid: ``{name: ..., ...options}``."""
+    top_k: int | None = Field(None, ge=1)
+    allow_answer: bool = False
+    max_output_chars: int = Field(2000, ge=1)
+    max_raw_chars: int = Field(500, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class CascadeOptions(_Options):
+    order: list[str] | None = None
+    predictor: dict[str, Any] | None = None
+    """A policy exposing ``predict_quality`` (e.g. a trained one): ``{name: ..., ...options}``."""
+    threshold: float | None = None
+
+
+class CascadeAggregatorOptions(_Options):
+    order: list[str] | None = None
+    samples: int = Field(2, ge=0)
+    temperature: float = Field(0.7, ge=0)
+    threshold: float = Field(1.0, ge=0, le=1)
+    sample_last: bool = False
+
+
+class RandomOptions(_Options):
+    seed: int = 0
+    top_k: int | None = Field(None, ge=1)
+
+
+class OracleOptions(_Options):
+    allow: bool = False
+    """The oracle reads the task's graded answers: evaluation only, refused unless true."""
+    examples: str | None = None
+    """A JSONL file of routing examples to look tasks up in (by id or prompt)."""
+    scores_key: str = "scores"
+    costs_key: str = "costs"
+    lam: float = Field(0.0, ge=0)
+    top_k: int | None = Field(None, ge=1)
+
+
+def _check_names(names: list[str] | None, ctx: BuildContext, field_name: str) -> None:
+    missing = [n for n in names or [] if ctx.experts and n not in ctx.experts]
+    if missing:
+        raise ConfigError(
+            f"{field_name} names unknown experts {missing}; configured: {sorted(ctx.experts)}",
+            field=field_name,
+        )
+
+
+def _sub_policy(spec: dict[str, Any], ctx: BuildContext, field_name: str) -> Policy:
+    options = dict(spec)
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{field_name}.name: a policy name is required", field=f"{field_name}.name")
+    return build_policy(name, options, ctx)
+
+
+def _llm_router(options: LLMRouterOptions, ctx: BuildContext) -> Policy:
+    from expertgraph.policies.llm_router import LLMRouter
+
+    if options.expert not in ctx.experts:
+        raise ConfigError(
+            f"policy.expert: no configured expert {options.expert!r} to act as router; "
+            f"configured: {sorted(ctx.experts)}",
+            field="policy.expert",
+        )
+    return LLMRouter(
+        ctx.experts[options.expert],
+        _sub_policy(options.fallback, ctx, "policy.fallback"),
+        top_k=options.top_k,
+        allow_answer=options.allow_answer,
+        max_output_chars=options.max_output_chars,
+        max_raw_chars=options.max_raw_chars,
+        params=options.params,
+    )
+
+
+def _cascade(options: CascadeOptions, ctx: BuildContext) -> Policy:
+    from expertgraph.policies.cascade import CascadePolicy, QualityPredictor
+
+    _check_names(options.order, ctx, "policy.order")
+    predictor = None
+    if options.predictor is not None:
+        predictor = _sub_policy(options.predictor, ctx, "policy.predictor")
+        if not isinstance(predictor, QualityPredictor):
+            raise ConfigError(
+                f"policy.predictor: {type(predictor).__name__} has no predict_quality/experts",
+                field="policy.predictor",
+            )
+    if (predictor is None) != (options.threshold is None):
+        raise ConfigError("policy.threshold: give a predictor and a threshold together", field="policy.threshold")
+    return CascadePolicy(options.order, predictor=predictor, threshold=options.threshold)
+
+
+def _cascade_aggregator(options: CascadeAggregatorOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.cascade import CascadeAggregator, cascade_order
+
+    _check_names(options.order, ctx, "aggregator.order")
+    order = options.order
+    if order is None and ctx.experts:
+        order = cascade_order({n: e.card for n, e in ctx.experts.items()})
+    return CascadeAggregator(
+        order,
+        samples=options.samples,
+        temperature=options.temperature,
+        threshold=options.threshold,
+        sample_last=options.sample_last,
+    )
+
+
+def _random(options: RandomOptions, ctx: BuildContext) -> Policy:
+    from expertgraph.policies.baselines import RandomPolicy
+
+    return RandomPolicy(options.seed, top_k=options.top_k)
+
+
+def _oracle(options: OracleOptions, ctx: BuildContext) -> Policy:
+    from expertgraph.core.types import RoutingExample
+    from expertgraph.policies.baselines import OraclePolicy
+
+    if not options.allow:
+        raise ConfigError(
+            "policy.allow: the oracle reads the graded answers of each task and is for "
+            "evaluation only; set allow: true in an evaluation config",
+            field="policy.allow",
+        )
+    kwargs: dict[str, Any] = dict(
+        allow=True,
+        scores_key=options.scores_key,
+        costs_key=options.costs_key,
+        lam=options.lam,
+        top_k=options.top_k,
+    )
+    if options.examples is None:
+        return OraclePolicy(**kwargs)
+    path = Path(options.examples)
+    if not path.is_absolute():
+        path = ctx.home / path if not path.exists() else path
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        examples = [RoutingExample.model_validate_json(line) for line in lines if line.strip()]
+    except (OSError, ValidationError) as exc:
+        raise ConfigError(f"policy.examples: cannot read {path}: {exc}", path=str(path), field="policy.examples") from exc
+    return OraclePolicy.from_examples(examples, **kwargs)
+
+
 @dataclass(frozen=True)
 class Spec:
     options: type[BaseModel]
@@ -91,9 +243,14 @@ POLICIES: dict[str, Spec] = {
     "embedding": Spec(EmbeddingOptions, _embedding, "zero-shot similarity of the step to expert cards"),
     "fixed": Spec(FixedOptions, _fixed, "always the named expert(s)"),
     "all": Spec(NoOptions, _all, "every expert answers every step"),
+    "llm-router": Spec(LLMRouterOptions, _llm_router, "an expert names the next expert(s) or finishes; validated, with fallback"),
+    "cascade": Spec(CascadeOptions, _cascade, "cheapest adequate expert first (pair with the cascade aggregator)"),
+    "random": Spec(RandomOptions, _random, "seeded uniform random choice (baseline)"),
+    "oracle": Spec(OracleOptions, _oracle, "best expert from graded answers; evaluation only"),
 }
 AGGREGATORS: dict[str, Spec] = {
     "majority": Spec(NoOptions, _majority, "plurality over normalised answers"),
+    "cascade": Spec(CascadeAggregatorOptions, _cascade_aggregator, "self-consistency check, escalate to the next expert on disagreement"),
 }
 
 
@@ -127,8 +284,23 @@ def _build(kind: str, table: dict[str, Spec], name: str, options: Mapping[str, A
 
 
 def build_policy(name: str, options: Mapping[str, Any] | None = None, ctx: BuildContext | None = None) -> Policy:
-    """Build a routing policy by its config name (or ``module:Class``)."""
-    return _build("policy", POLICIES, name, options or {}, ctx or BuildContext())
+    """Build a routing policy by its config name (or ``module:Class``).
+
+    Every policy also takes ``sticky_margin``: keep the previous step's expert(s) unless
+    another wins by that margin (see :class:`~expertgraph.policies.sticky.StickyPolicy`).
+    """
+    opts = dict(options or {})
+    margin = opts.pop("sticky_margin", None)
+    policy = _build("policy", POLICIES, name, opts, ctx or BuildContext())
+    if margin is None:
+        return policy
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
+        raise ConfigError(
+            f"policy.sticky_margin: a number >= 0 is required, got {margin!r}", field="policy.sticky_margin"
+        )
+    from expertgraph.policies.sticky import StickyPolicy
+
+    return StickyPolicy(policy, float(margin))
 
 
 def build_aggregator(
