@@ -41,6 +41,7 @@ def build_expert(cfg: ExpertConfig) -> Expert:
             card=cfg.card,
             num_threads=cfg.num_threads,
             device=cfg.device,
+            dtype=cfg.dtype,
             prompt_format=cfg.prompt_format,
         )
     if isinstance(cfg, APIExpertConfig):
@@ -52,9 +53,9 @@ def build_expert(cfg: ExpertConfig) -> Expert:
             api_base=cfg.api_base,
             api_key_env=cfg.api_key_env,
             card=cfg.card,
-            max_attempts=cfg.max_attempts,
-            initial_wait_s=cfg.initial_wait_s,
-            max_wait_s=cfg.max_wait_s,
+            retry=cfg.retry,
+            attempt_timeout_s=cfg.attempt_timeout_s,
+            pricing=cfg.pricing,
         )
     raise ConfigError(f"unknown expert kind in {cfg!r}", field="experts.kind")
 
@@ -83,6 +84,7 @@ def build_from_config(
         budget=cfg.budget,
         trace_dir=cfg.trace_dir(base_dir),
         fsync=cfg.trace.fsync,
+        trace_options=cfg.trace.store_options(),
         defaults=cfg.defaults,
         expert_params={e.name: e.params for e in cfg.experts if e.params},
         name=cfg.name,

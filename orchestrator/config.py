@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from expertgraph.agents.api import RetrySettings
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import Budget, ExpertCard
 
@@ -34,6 +35,7 @@ class LocalExpertConfig(_ExpertBase):
     gguf_file: str | None = None
     num_threads: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
 
 
@@ -43,9 +45,10 @@ class APIExpertConfig(_ExpertBase):
     """Any LiteLLM model string, e.g. ``openai/gpt-4o-mini``."""
     api_base: str | None = None
     api_key_env: str | None = None
-    max_attempts: int = Field(4, ge=1)
-    initial_wait_s: float = Field(0.5, ge=0)
-    max_wait_s: float = Field(30.0, ge=0)
+    """Name of the environment variable that holds the key (the key itself never goes here)."""
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    attempt_timeout_s: float | None = Field(None, gt=0)
+    pricing: Literal["auto", "card"] = "auto"
 
 
 class CallableExpertConfig(_ExpertBase):
@@ -79,6 +82,25 @@ class TraceConfig(_Strict):
     dir: str | None = None
     """Where run traces go; default ``<home>/traces``."""
     fsync: bool = False
+    content: bool = True
+    """Capture prompts and outputs; off keeps routing, votes, usage and errors only."""
+    redact: bool = True
+    """Replace secrets (API keys, bearer tokens, known key shapes) by ``[REDACTED]`` on write."""
+    index: bool = True
+    """Keep ``<dir>/index.sqlite`` up to date as runs end (``expertgraph traces summary`` reads it)."""
+    otel_endpoint: str | None = None
+    """Post each finished run's spans as OTLP/JSON to this collector (``.../v1/traces``)."""
+    otel_headers: dict[str, str] = Field(default_factory=dict)
+
+    def store_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`expertgraph.traces.TraceStore` besides dir and fsync."""
+        return {
+            "capture_content": self.content,
+            "redact": self.redact,
+            "index": self.index,
+            "otel_endpoint": self.otel_endpoint,
+            "otel_headers": dict(self.otel_headers),
+        }
 
 
 class ExpertGraphConfig(_Strict):
@@ -138,45 +160,56 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return "".join(parts)
 
 
-def _known_fields(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _pick(models: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
+    """The model that validates ``node``; a tagged union is resolved by its ``kind``."""
+    if len(models) == 1:
+        return models[0]
+    if isinstance(node, dict):
+        for model in models:
+            kind = model.model_fields.get("kind")
+            if kind is not None and get_args(kind.annotation) == (node.get("kind"),):
+                return model
+    return None
 
 
 def _suggestion(loc: tuple[Any, ...], data: Any) -> str:
     """'did you mean' for a misspelled key, found by walking the models along the path."""
-    model: Any = ExpertGraphConfig
+    models: list[type[BaseModel]] = [ExpertGraphConfig]
     node = data
     for item in loc[:-1]:
-        if isinstance(node, dict):
-            node = node.get(item)
-        elif isinstance(node, list) and isinstance(item, int) and item < len(node):
-            node = node[item]
         if isinstance(item, int):
+            node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
-        field = getattr(model, "model_fields", {}).get(item)
+        model = _pick(models, node)
+        field = model.model_fields.get(item) if model else None
         if field is None:
-            # A discriminator tag such as 'local' in experts.0.local.model
-            for candidate in (LocalExpertConfig, APIExpertConfig, CallableExpertConfig):
-                if candidate.model_fields["kind"].annotation == Literal[item]:  # type: ignore[comparison-overlap]
-                    model = candidate
-                    break
-            continue
-        annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if model is None:
-            if item == "experts" and isinstance(node, dict):
-                kind = node.get("kind")
-                model = {
-                    "local": LocalExpertConfig,
-                    "api": APIExpertConfig,
-                    "callable": CallableExpertConfig,
-                }.get(kind)
-            if model is None:
-                return ""
-    if model is None or not hasattr(model, "model_fields"):
+            return ""
+        models = _models_in(field.annotation)
+        node = node.get(item) if isinstance(node, dict) else None
+    model = _pick(models, node)
+    if model is None:
         return ""
-    close = difflib.get_close_matches(str(loc[-1]), _known_fields(model), n=1)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_EXPERT_KINDS = ("local", "api", "callable")
+
+
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """pydantic puts the union tag in the path (experts.0.local.model); drop it."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 2] == "experts" and isinstance(loc[i - 1], int) and part in _EXPERT_KINDS:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def config_error(exc: ValidationError, *, path: str, data: Any, lines: dict[tuple[Any, ...], int]) -> ConfigError:
@@ -184,20 +217,25 @@ def config_error(exc: ValidationError, *, path: str, data: Any, lines: dict[tupl
     problems: list[str] = []
     first_field: str | None = None
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        # Drop union tags pydantic inserts (experts.0.local.model -> experts.0.model).
-        clean = tuple(p for p in loc if p not in ("local", "api", "callable") or not isinstance(p, str))
-        field = _field_name(clean)
+        loc = _strip_union_tags(tuple(err["loc"]))
+        message = err["msg"]
+        ctx = err.get("ctx", {})
+        if err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            loc = (*loc, str(ctx.get("discriminator", "kind")).strip("'"))
+            given = ctx.get("tag")
+            message = (f"{given!r} is not" if given else "missing; it must be") + (
+                " one of: " + str(ctx.get("expected_tags", ", ".join(repr(k) for k in _EXPERT_KINDS)))
+            )
+        elif err["type"] == "extra_forbidden":
+            message = f"unknown field{_suggestion(loc, data)}"
+        field = _field_name(loc)
         first_field = first_field or field
         line = None
-        probe = clean
+        probe = loc
         while probe and line is None:
             line = lines.get(probe)
             probe = probe[:-1]
         where = f"{path}:{line}" if line else path
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = f"unknown field{_suggestion(clean, data)}"
         problems.append(f"{where}: {field or '<root>'}: {message}")
     text = "invalid configuration:\n  " + "\n  ".join(problems)
     return ConfigError(text, path=path, field=first_field)
