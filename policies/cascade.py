@@ -241,7 +241,8 @@ class CascadeAggregator(Aggregator):
 
         escalations = [self._reason(t) for t in tried[:-1]]
         can_call = context.calls_left > 0
-        if current.ballots and wants_samples and len(current.generations) < 1 + self.samples and can_call:
+        unchecked = current.ballots and wants_samples and len(current.generations) < 1 + self.samples
+        if unchecked and can_call:
             missing = min(1 + self.samples - len(current.generations), context.calls_left)
             return self._result(
                 tried, escalations, context, accepted=None,
@@ -252,18 +253,25 @@ class CascadeAggregator(Aggregator):
                     f"at temperature {self.temperature:g}",
                 ),
             )
-        if current.ballots and wants_samples and len(current.generations) < 1 + self.samples:
+        if unchecked:
             return self._result(
                 tried, escalations, context, accepted=current,
                 stop_reason=f"cascade: accepted {current.expert} unchecked (no calls left for "
                 f"self-consistency samples)",
             )
         if current.ballots and (current.agreement >= self.threshold or is_last):
-            why = (
-                f"cascade: accepted {current.expert} (agreement {current.agreement:.2f} >= {self.threshold:g})"
-                if current.agreement >= self.threshold
-                else f"cascade: accepted {current.expert}, the last tier (agreement {current.agreement:.2f})"
-            )
+            if is_last and not wants_samples:
+                why = f"cascade: accepted {current.expert}, the last tier"
+            elif current.agreement >= self.threshold:
+                why = (
+                    f"cascade: accepted {current.expert} "
+                    f"(agreement {current.agreement:.2f} >= {self.threshold:g})"
+                )
+            else:
+                why = (
+                    f"cascade: accepted {current.expert}, the last tier "
+                    f"(agreement {current.agreement:.2f})"
+                )
             return self._result(tried, escalations, context, accepted=current, stop_reason=why)
         reason = self._reason(current)
         escalations.append(reason)
@@ -308,8 +316,9 @@ class CascadeAggregator(Aggregator):
         for tier in tried:
             excluded.extend(tier.excluded)
             if tier is not holder:
+                reason = f"passed over: {self._reason(tier)}"
                 excluded.extend(
-                    Exclusion(expert=b.expert, sample=b.generation.sample, reason=f"passed over: {self._reason(tier)}")
+                    Exclusion(expert=b.expert, sample=b.generation.sample, reason=reason)
                     for b in tier.ballots
                 )
         meta = {
@@ -396,8 +405,8 @@ def confidence_matrix(
 
     ``confidence``: ``meta["confidence"][expert]`` (a stored agreement or verifier score);
     ``samples``: the agreement of ``meta["samples"][expert]`` (several sampled answers);
-    ``predicted``: ``predictor.predict_quality`` of the prompts. ``auto`` takes the first of
-    these every example has.
+    ``predicted``: ``predictor.predict_quality`` of the prompts. ``auto`` takes ``predicted``
+    when a predictor is given, else the first of the others that every example has.
     """
     fmt = answer_format or AnswerFormat()
 
@@ -408,12 +417,12 @@ def confidence_matrix(
         )
 
     if signal == "auto":
-        if has("confidence"):
+        if predictor is not None:
+            signal = "predicted"
+        elif has("confidence"):
             signal = "confidence"
         elif has("samples"):
             signal = "samples"
-        elif predictor is not None:
-            signal = "predicted"
         else:
             raise PolicyError(
                 "no confidence signal: the examples have neither meta['confidence'] nor "

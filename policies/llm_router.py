@@ -166,7 +166,11 @@ class LLMRouter(Policy):
         system = "\n".join(
             [
                 "You are the router of a team of expert models. You decide which expert acts next"
-                + (" on the current step of a plan." if plan else " on the task, or that the task is finished."),
+                + (
+                    " on the current step of a plan."
+                    if plan
+                    else " on the task, or that the task is finished."
+                ),
                 "",
                 "Experts:",
                 *(self._expert_line(v) for v in views),
@@ -197,7 +201,8 @@ class LLMRouter(Policy):
             assert state.plan_step is not None
             lines.append(
                 f"Step {state.step_index + 1} of the plan. Its fixed instruction:\n"
-                f'<instruction step="{state.step_index + 1}">{quote(state.plan_step.instruction)}</instruction>'
+                f'<instruction step="{state.step_index + 1}">'
+                f"{quote(state.plan_step.instruction)}</instruction>"
             )
         else:
             lines.append(f"Step {state.step_index + 1}; at most {left} step(s) left.")
@@ -264,8 +269,8 @@ class LLMRouter(Policy):
                 notes.append("router's instruction ignored: a plan step's instruction is fixed")
         else:
             instruction = (answer.instruction or "").strip() or state.task.text
-            if not (answer.instruction or "").strip():
-                notes.append("no instruction given; using the task")
+            if not (answer.instruction or "").strip() and state.steps:
+                notes.append("no instruction given; asking the task again")
         scores = {n: (1.0 if n in names else 0.0) for n in allowed}
         if answer.scores:
             given = {n: s for n, s in answer.scores.items() if n in allowed and math.isfinite(s)}

@@ -45,10 +45,16 @@ class StickyPolicy(Policy):
         self.name = f"{inner.name}+sticky"
 
     def decide(self, state: RoutingState) -> Decision:
-        return self.apply(self.inner.decide(state), state)
+        return self._tagged(self.apply(self.inner.decide(state), state))
 
     async def adecide(self, state: RoutingState) -> Decision:
-        return self.apply(await self.inner.adecide(state), state)
+        return self._tagged(self.apply(await self.inner.adecide(state), state))
+
+    def _tagged(self, decision: Decision) -> Decision:
+        policy = decision.policy or self.inner.name
+        if not policy.endswith("+sticky"):
+            policy += "+sticky"
+        return decision.model_copy(update={"policy": policy})
 
     def _incumbents(self, state: RoutingState) -> list[str]:
         if not state.steps:
@@ -120,6 +126,5 @@ class StickyPolicy(Policy):
                 "experts": chosen,
                 "rationale": rationale,
                 "meta": meta,
-                "policy": f"{decision.policy or self.inner.name}+sticky",
             }
         )
