@@ -14,6 +14,7 @@ from expertgraph.core.errors import ExpertGraphError
 # ``func=handler(args) -> int`` as the parser default.
 _COMMAND_MODULES = [
     "expertgraph.orchestrator.cli_run",
+    "expertgraph.orchestrator.cli_traces",
 ]
 
 

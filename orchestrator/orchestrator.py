@@ -48,6 +48,7 @@ class Orchestrator:
         budget: Budget | None = None,
         trace_dir: str | Path = ".expertgraph/traces",
         fsync: bool = False,
+        trace_options: Mapping[str, Any] | None = None,
         defaults: Mapping[str, Any] | None = None,
         expert_params: Mapping[str, Mapping[str, Any]] | None = None,
         name: str = "default",
@@ -73,7 +74,8 @@ class Orchestrator:
         self.top_k = top_k
         self.budget = budget or Budget()
         self.name = name
-        self.trace_store = TraceStore(trace_dir, fsync=fsync)
+        # trace_options: TraceStore keywords (capture_content, redact, index, otel_endpoint...).
+        self.trace_store = TraceStore(trace_dir, fsync=fsync, **dict(trace_options or {}))
         self.default_params: dict[str, Any] = dict(defaults or {"max_tokens": 128, "temperature": 0})
         self.expert_params = {k: dict(v) for k, v in (expert_params or {}).items()}
         unknown = sorted(set(self.expert_params) - set(self.experts))

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from expertgraph.core.types import (
-    SCHEMA_VERSION,
     Decision,
     ExpertCard,
     Generation,
@@ -18,10 +17,18 @@ from expertgraph.core.types import (
 )
 
 
+TRACE_VERSION = 2
+"""Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added (files
+written as version 1 read unchanged). Readers refuse lines of a newer version."""
+
+OMITTED = "[omitted]"
+"""What stands in for a prompt or output when content capture is off."""
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    v: int = SCHEMA_VERSION
+    v: int = TRACE_VERSION
     run_id: str
     seq: int = 0
     """Position of the record in its run, assigned by the writer."""
@@ -39,6 +46,17 @@ class ExpertInfo(BaseModel):
     model: str | None = None
 
 
+class Capture(BaseModel):
+    """What the writer kept of the run: set by the writer, not by the caller."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: bool = True
+    """False: prompts and outputs were replaced by ``[omitted]`` before writing."""
+    redacted: bool = True
+    """True: secrets were replaced by ``[REDACTED]`` before writing."""
+
+
 class RunStart(_Record):
     type: Literal["run_start"] = "run_start"
     task: Task
@@ -46,6 +64,7 @@ class RunStart(_Record):
     policy: str
     aggregator: str
     config: dict[str, Any] = Field(default_factory=dict)
+    capture: Capture = Field(default_factory=Capture)
 
 
 class RouteRecord(_Record):

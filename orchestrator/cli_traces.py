@@ -1,0 +1,440 @@
+"""``expertgraph traces ...``: label, attribute, summarise, replay, export, report and export spans.
+
+This module wires the trace tools (``expertgraph.traces``, which knows nothing of policies)
+to live aggregators and policies from ``expertgraph.policies.registry``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from expertgraph.core.errors import ConfigError, TraceError
+from expertgraph.traces.store import DEFAULT_TRACE_DIR, RunTrace
+
+
+# ---- wiring: traces -> policies ------------------------------------------------------------
+
+
+def _snapshot_options(trace: RunTrace | None, kind: str, name: str) -> dict[str, Any]:
+    """The options the run's config gave ``kind`` (policy/aggregator) when it was ``name``."""
+    if trace is None:
+        return {}
+    entry = trace.start.config.get(kind)
+    if isinstance(entry, dict) and entry.get("name") == name:
+        return {k: v for k, v in entry.items() if k != "name"}
+    return {}
+
+
+def aggregator_factory(trace: RunTrace | None = None) -> Any:
+    """``name -> Aggregator`` built from the registry, with the run's recorded options."""
+    from expertgraph.policies.registry import BuildContext, build_aggregator
+
+    def build(name: str) -> Any:
+        return build_aggregator(name, _snapshot_options(trace, "aggregator", name), BuildContext())
+
+    return build
+
+
+def aggregation_context(ctx: Any) -> Any:
+    """traces.attribution.StepContext -> policies.base.AggregationContext."""
+    from expertgraph.policies.base import AggregationContext
+
+    return AggregationContext(
+        task=ctx.task,
+        instruction=ctx.instruction,
+        answer_format=ctx.answer_format,
+        scores=dict(ctx.scores),
+        order=list(ctx.order),
+        calls_left=ctx.calls_left,
+        round=ctx.round,
+    )
+
+
+def routing_state(ctx: Any) -> Any:
+    """traces.replay.RouteContext -> policies.base.RoutingState."""
+    from expertgraph.policies.base import ExpertHealth, ExpertView, RoutingState
+
+    views = []
+    for info in ctx.experts:
+        h = ctx.health.get(info.name)
+        health = ExpertHealth(calls=h.calls, errors=h.errors, last_error=h.last_error) if h else ExpertHealth()
+        views.append(ExpertView(name=info.name, card=info.card, kind=info.kind, health=health))
+    return RoutingState(
+        task=ctx.task,
+        step_index=ctx.step_index,
+        experts=views,
+        steps=list(ctx.steps),
+        plan_step=ctx.plan_step,
+        top_k=ctx.top_k,
+        spent=ctx.spent,
+    )
+
+
+def attribute_with_registry(trace: RunTrace, labels: dict[Any, Any], **kwargs: Any) -> Any:
+    """Attribution of a run with its recorded aggregator built from the registry."""
+    from expertgraph.traces.attribution import attribute_run
+
+    return attribute_run(
+        trace,
+        aggregator_factory(trace),
+        labels=labels,
+        context_factory=aggregation_context,
+        **kwargs,
+    )
+
+
+def _load_spec_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}", path=str(path)) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'policy' and/or 'aggregator'", path=str(path))
+    return data
+
+
+def _spec(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return entry["name"], {k: v for k, v in entry.items() if k != "name"}
+    raise ConfigError(f"{where}: expected a name or a mapping with 'name'", field=where)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE", field="option")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def recorded_experts(directory: Path) -> dict[str, Any]:
+    """Name -> recorded ExpertInfo of every expert in a trace directory's runs.
+
+    Replay builds policies with these instead of live experts: no model is called, and a
+    policy that tries to call one fails on that step, which is reported.
+    """
+    from expertgraph.traces.store import TraceStore
+
+    experts: dict[str, Any] = {}
+    for trace in TraceStore(directory, index=False):
+        for info in trace.start.experts:
+            experts.setdefault(info.name, info)
+    return experts
+
+
+def build_replay_targets(
+    policy: str | None,
+    aggregator: str | None,
+    options: dict[str, Any],
+    experts: dict[str, Any] | None = None,
+) -> tuple[Any | None, Any | None]:
+    """Live policy and aggregator for ``traces replay`` from names, spec files or a trained file."""
+    from expertgraph.policies.registry import POLICIES, BuildContext, build_aggregator, build_policy
+
+    ctx = BuildContext(experts=dict(experts or {}))
+    policy_obj = aggregator_obj = None
+    aggregator_spec: tuple[str, dict[str, Any]] | None = None
+    if aggregator:
+        aggregator_spec = (aggregator, {})
+    if policy:
+        path = Path(policy)
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".json", ".toml"):
+            data = _load_spec_file(path)
+            if "policy" in data or "aggregator" in data:
+                if "policy" in data:
+                    name, opts = _spec(data["policy"], f"{path}: policy")
+                    policy_obj = build_policy(name, {**opts, **options}, ctx)
+                if "aggregator" in data and aggregator_spec is None:
+                    aggregator_spec = _spec(data["aggregator"], f"{path}: aggregator")
+            else:
+                name, opts = _spec(data, str(path))
+                policy_obj = build_policy(name, {**opts, **options}, ctx)
+        elif path.exists():
+            # A trained policy artifact: the registry's policy that loads from a path.
+            loaders = [n for n, s in POLICIES.items() if "path" in getattr(s.options, "model_fields", {})]
+            if len(loaders) != 1:
+                raise ConfigError(
+                    f"--policy {policy!r} is a file but not a .yaml/.json/.toml spec, and no single "
+                    f"registered policy loads from a path (candidates: {loaders or 'none'})",
+                    field="policy",
+                )
+            policy_obj = build_policy(loaders[0], {"path": str(path), **options}, ctx)
+        else:
+            policy_obj = build_policy(policy, options, ctx)
+    if aggregator_spec is not None:
+        aggregator_obj = build_aggregator(aggregator_spec[0], aggregator_spec[1], ctx)
+    if policy_obj is None and aggregator_obj is None:
+        raise ConfigError("traces replay needs --policy and/or --aggregator", field="policy")
+    return policy_obj, aggregator_obj
+
+
+# ---- arguments ----------------------------------------------------------------------------
+
+
+def _trace_dir(args: argparse.Namespace, positional: str | None = None) -> Path:
+    if positional:
+        return Path(positional)
+    if getattr(args, "dir", None):
+        return Path(args.dir)
+    if getattr(args, "config", None):
+        from expertgraph.orchestrator.config import load_config
+
+        config_path = Path(args.config)
+        return load_config(config_path).trace_dir(Path.cwd())
+    return Path(DEFAULT_TRACE_DIR)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=180)
+
+
+def register(subparsers: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", help=f"trace directory (default {DEFAULT_TRACE_DIR}, or the config's)")
+    common.add_argument("-c", "--config", help="take the trace directory from this config file")
+
+    parser = subparsers.add_parser(
+        "traces", help="label, attribute, summarise, replay, export and report traces",
+        description="Work with run traces: the record of who decided what, who answered and who was right.",
+    )
+    sub = parser.add_subparsers(dest="traces_command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="list the runs of a trace directory")
+    p.add_argument("directory", nargs="?", metavar="DIR")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("label", parents=[common], help="attach a score to a finished run or step")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--score", type=float, required=True, help="1 correct, 0 wrong, or a graded score")
+    p.add_argument("--step", type=int, help="label this step instead of the run's final answer")
+    p.add_argument("--expected", help="the correct answer (makes every candidate scorable)")
+    p.add_argument("--note", default="")
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("attribute", parents=[common], help="Shapley and leave-one-out value of each expert")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.add_argument("--permutations", type=int, default=2000, help="samples when a step has > 10 experts")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_attribute)
+
+    p = sub.add_parser("summary", parents=[common], help="per-expert and per-policy tables over all runs")
+    p.add_argument("directory", nargs="?", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the tables")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("replay", parents=[common], help="counterfactual evaluation of a policy/aggregator")
+    p.add_argument("directory", nargs="?", metavar="DIR")
+    p.add_argument("--policy", help="a policy name, a .yaml/.json/.toml spec, or a trained policy file")
+    p.add_argument("--aggregator", help="an aggregator name (default: each step's recorded one)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="policy option")
+    p.add_argument("--json", action="store_true", help="end with one JSON line")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("export", parents=[common], help="write the routing dataset (RoutingExample JSONL)")
+    p.add_argument("directory", nargs="?", metavar="DIR")
+    p.add_argument("--dataset", required=True, metavar="OUT", help="output JSONL file")
+    p.add_argument("--labelled-only", action="store_true", help="only steps with a label")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("report", parents=[common], help="a self-contained HTML report of a run or directory")
+    p.add_argument("target", metavar="RUN_ID|DIR")
+    p.add_argument("--out", required=True, help="output .html file")
+    p.add_argument("--no-attribution", action="store_true", help="skip the Shapley bars")
+    p.add_argument("--max-runs", type=int, default=50)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("otel", parents=[common], help="export a run as OpenTelemetry spans (OTLP/JSON)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", help="write OTLP/JSON here")
+    p.add_argument("--endpoint", help="also POST to this OTLP/HTTP collector (.../v1/traces)")
+    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_otel)
+
+    p = sub.add_parser("index", parents=[common], help="update (or --rebuild) the SQLite index")
+    p.add_argument("directory", nargs="?", metavar="DIR")
+    p.add_argument("--rebuild", action="store_true")
+    p.set_defaults(func=_cmd_index)
+
+
+# ---- handlers -----------------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from expertgraph.traces.analysis import _fmt, summarize
+
+    directory = _trace_dir(args, args.directory)
+    runs = summarize(directory).runs
+    for row in runs.itertuples(index=False):
+        print(f"{row.run_id}\t{row.policy}\tsteps={row.steps}\tcost={_fmt(row.cost)}\tlabel={_fmt(row.label)}\t{row.stop_reason}")
+    return 0
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from expertgraph.traces.labels import LabelStore
+
+    label = LabelStore(_trace_dir(args)).add(
+        args.run_id, args.score, step=args.step, expected=args.expected, note=args.note
+    )
+    where = f"step {label.step}" if label.step is not None else "run"
+    print(f"labelled {label.run_id} ({where}) score={label.score:g}")
+    return 0
+
+
+def _cmd_attribute(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from expertgraph.traces.labels import LabelStore
+
+    store = LabelStore(_trace_dir(args))
+    trace = store.traces.load(args.run_id)
+    result = attribute_with_registry(
+        trace, store.latest(trace.run_id), permutations=args.permutations, seed=args.seed
+    )
+    console = _console()
+    for step in result.steps:
+        table = Table(
+            title=(
+                f"step {step.step}: v(all)={step.result.v_all:g} v(none)={step.result.v_none:g} "
+                f"value={step.value_source} method={step.result.method}"
+                + (f" samples={step.result.samples}" if step.result.samples else "")
+            )
+        )
+        table.add_column("expert")
+        table.add_column("shapley", justify="right")
+        table.add_column("leave-one-out", justify="right")
+        for name in sorted(step.result.shapley):
+            table.add_row(name, f"{step.result.shapley[name]:.6g}", f"{step.result.leave_one_out[name]:.6g}")
+        console.print(table)
+    for index, reason in result.skipped.items():
+        console.print(f"step {index}: skipped ({reason})")
+    run_table = Table(title=f"run {result.run_id}: Shapley value summed over steps")
+    run_table.add_column("expert")
+    run_table.add_column("shapley", justify="right")
+    for name, value in sorted(result.run_shapley.items(), key=lambda kv: -kv[1]):
+        run_table.add_row(name, f"{value:.6g}")
+    console.print(run_table)
+    if args.json:
+        sys.stdout.flush()
+        print(json.dumps(result.to_json()))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from expertgraph.traces.analysis import print_summary, summarize
+
+    summary = summarize(_trace_dir(args, args.directory))
+    print_summary(summary, _console())
+    if args.json:
+        sys.stdout.flush()
+        payload = {
+            "experts": json.loads(summary.experts.to_json(orient="records")),
+            "policies": json.loads(summary.policies.to_json(orient="records")),
+            "runs": len(summary.runs),
+        }
+        print(json.dumps(payload))
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from expertgraph.traces.replay import replay
+
+    directory = _trace_dir(args, args.directory)
+    policy, aggregator = build_replay_targets(
+        args.policy, args.aggregator, _parse_options(args.option), recorded_experts(directory)
+    )
+    report = replay(
+        directory,
+        aggregator_factory=aggregator_factory(None),
+        policy=policy,
+        state_factory=routing_state,
+        aggregator=aggregator,
+        context_factory=aggregation_context,
+    )
+    data = report.to_json()
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.4g}"
+
+    print(f"replay of policy {data['policy']} with aggregator {data['aggregator']} on {directory}")
+    print(f"  steps: {data['steps']}, evaluated: {data['evaluated']}, could not evaluate: {data['unevaluable_share']:.1%}")
+    for reason, count in sorted(data["not_evaluable"].items()):
+        print(f"    {count} x {reason}")
+    print(f"  estimated score: {fmt(data['mean_score'])}  (recorded: {fmt(data['baseline_mean_score'])})")
+    print(f"  estimated cost per step: {fmt(data['mean_cost'])}  (recorded: {fmt(data['baseline_mean_cost'])})")
+    print(f"  values from: {data['value_sources'] or '-'}; unknown values: {data['unknown_values']}")
+    if args.json:
+        print(json.dumps(data))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from expertgraph.traces.export import export_dataset
+
+    directory = _trace_dir(args, args.directory)
+    stats = export_dataset(
+        directory,
+        args.dataset,
+        aggregator_factory=aggregator_factory(None),
+        context_factory=aggregation_context,
+        labelled_only=args.labelled_only,
+    )
+    print(f"wrote {stats.examples} examples from {stats.runs} runs to {args.dataset}")
+    if stats.sources:
+        print("  scores from: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.sources.items())))
+    for reason, count in sorted(stats.skipped.items()):
+        print(f"  skipped {count}: {reason}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from expertgraph.traces.report import write_report
+
+    directory = _trace_dir(args)
+    attribute = None if args.no_attribution else attribute_with_registry
+    count = write_report(directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs)
+    print(f"wrote {args.out} ({count} run(s))")
+    return 0
+
+
+def _cmd_otel(args: argparse.Namespace) -> int:
+    from expertgraph.traces.otel import post_spans, run_to_otlp
+    from expertgraph.traces.store import TraceStore
+
+    if not args.out and not args.endpoint:
+        raise TraceError("traces otel needs --out FILE and/or --endpoint URL")
+    trace = TraceStore(_trace_dir(args), index=False).load(args.run_id)
+    payload = run_to_otlp(trace)
+    spans = payload["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    if args.out:
+        Path(args.out).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        print(f"wrote {len(spans)} spans to {args.out}")
+    if args.endpoint:
+        headers = dict(h.partition("=")[::2] for h in args.header)
+        status = post_spans(payload, args.endpoint, headers=headers)
+        print(f"posted {len(spans)} spans to {args.endpoint} (HTTP {status})")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from expertgraph.traces.index import TraceIndex
+
+    index = TraceIndex(_trace_dir(args, args.directory))
+    count = index.rebuild() if args.rebuild else index.sync()
+    print(f"{'rebuilt' if args.rebuild else 'synced'} {index.path}: {count} file(s) indexed")
+    return 0

@@ -1,0 +1,340 @@
+"""Who made the answer right: Shapley values and leave-one-out per expert, per step and run.
+
+The game of a step (CapaBench, arXiv 2502.00510): the players are the experts that produced
+a recorded candidate in the step; the value ``v(S)`` of a coalition is the value of the
+answer that the step's aggregator returns when it is replayed on the candidates of ``S``
+only (all samples of each expert in ``S``). No model is called: aggregators only combine
+recorded text. Answers are valued by :mod:`expertgraph.traces.labels` references: the
+label's score when the step (or, for the final step, the run) is labelled, else agreement
+with the step's recorded answer; an answer whose value is unknown counts 0.
+
+Shapley values are exact (all ``2^n`` coalitions) for up to :data:`EXACT_MAX_PLAYERS`
+experts, and estimated from random permutations beyond, with the count reported. Both obey
+efficiency: per step the values sum to ``v(all) - v(none)``; each sampled permutation's
+marginal contributions telescope to that difference, so the estimate keeps it too. A run's
+value is the sum of its steps' games, and Shapley values are additive, so an expert's run
+value is the sum of its step values.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from expertgraph.core.errors import TraceError
+from expertgraph.core.types import AnswerFormat, Generation, StepResult, Task
+from expertgraph.traces.labels import Label, LabelStore, Reference, step_references
+from expertgraph.traces.store import RunTrace
+
+EXACT_MAX_PLAYERS = 10
+DEFAULT_PERMUTATIONS = 2000
+
+
+class AggregatorLike(Protocol):
+    """What attribution needs of an aggregator: ``combine`` (see ``policies.base.Aggregator``)."""
+
+    name: str
+
+    def combine(self, candidates: list[Generation], context: Any) -> StepResult: ...
+
+
+@dataclass
+class StepContext:
+    """What the trace knows of a step's aggregation; turned into the aggregator's context."""
+
+    task: Task
+    step: int
+    instruction: str
+    answer_format: AnswerFormat
+    scores: dict[str, float] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    calls_left: int = 0
+    """0: a replayed aggregator gets no more samples, so it must decide with what it has."""
+    round: int = 0
+
+
+AggregatorFactory = Callable[[str], AggregatorLike]
+"""Aggregator name (as recorded in ``StepResult.aggregator``) -> a live aggregator."""
+ContextFactory = Callable[[StepContext], Any]
+"""Builds the aggregator's context (``policies.base.AggregationContext``) from a StepContext."""
+
+
+def _identity_context(ctx: StepContext) -> Any:
+    # StepContext has every field of AggregationContext, so duck-typed aggregators accept it.
+    return ctx
+
+
+def step_answer_format(task: Task, step: int) -> AnswerFormat:
+    """The answer format a step was aggregated with (its plan step's, else the task's)."""
+    if task.plan is not None and step < len(task.plan) and task.plan[step].answer_format:
+        return task.plan[step].answer_format  # type: ignore[return-value]
+    return task.answer_format
+
+
+def step_contexts(trace: RunTrace) -> dict[int, StepContext]:
+    """The aggregation context of each recorded step, rebuilt from the trace."""
+    task = trace.start.task
+    out: dict[int, StepContext] = {}
+    for step in trace.steps():
+        scores = dict(step.decision.scores)
+        rounds = len(step.result.meta.get("requests", [])) if step.result else 0
+        out[step.index] = StepContext(
+            task=task,
+            step=step.index,
+            instruction=step.instruction,
+            answer_format=step_answer_format(task, step.index),
+            scores=scores,
+            order=sorted(scores, key=lambda n: scores[n], reverse=True),
+            round=rounds,
+        )
+    return out
+
+
+def answer_of(result: StepResult) -> str | None:
+    """The comparable answer of an aggregator's result (``answer``, else its text)."""
+    if result.answer is not None:
+        return result.answer
+    return result.text or None
+
+
+class StepGame:
+    """The coalition game of one step: ``v(S)`` by replaying the aggregator on ``S``'s candidates."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Generation],
+        aggregator: AggregatorLike,
+        context: Any,
+        reference: Reference,
+        expected_norm: str | None = None,
+    ) -> None:
+        self.candidates = list(candidates)
+        self.players = sorted({g.expert for g in self.candidates})
+        self.aggregator = aggregator
+        self.context = context
+        self.reference = reference
+        self.expected_norm = expected_norm
+        self.unknown = 0
+        """Coalitions whose answer had no known value (counted 0)."""
+        self._cache: dict[frozenset[str], float] = {}
+        self.answers: dict[frozenset[str], str | None] = {}
+
+    def value(self, coalition: frozenset[str]) -> float:
+        cached = self._cache.get(coalition)
+        if cached is not None:
+            return cached
+        subset = [g for g in self.candidates if g.expert in coalition]
+        try:
+            result = self.aggregator.combine(subset, self.context)
+            answer = answer_of(result)
+        except Exception:  # noqa: BLE001 - an aggregator that fails on a subset yields no answer
+            answer = None
+        value = self.reference.value(answer, self.expected_norm)
+        if value is None:
+            self.unknown += 1
+            value = 0.0
+        self._cache[coalition] = value
+        self.answers[coalition] = answer
+        return value
+
+    @property
+    def evaluations(self) -> int:
+        return len(self._cache)
+
+
+@dataclass
+class ShapleyResult:
+    """Per-expert values of one game."""
+
+    shapley: dict[str, float]
+    leave_one_out: dict[str, float]
+    v_all: float
+    v_none: float
+    method: str
+    """``exact`` or ``permutation``."""
+    samples: int | None = None
+    """Permutations drawn (``permutation`` only)."""
+
+
+def shapley_values(
+    players: Sequence[str],
+    value: Callable[[frozenset[str]], float],
+    *,
+    exact_max: int = EXACT_MAX_PLAYERS,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+) -> ShapleyResult:
+    """Shapley values and leave-one-out of a game given by its value function."""
+    players = list(players)
+    n = len(players)
+    everyone = frozenset(players)
+    v_all, v_none = value(everyone), value(frozenset())
+    loo = {p: v_all - value(everyone - {p}) for p in players}
+    if n <= exact_max:
+        phi = dict.fromkeys(players, 0.0)
+        weights = [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
+        for player in players:
+            others = [p for p in players if p != player]
+            for size in range(len(others) + 1):
+                for combo in itertools.combinations(others, size):
+                    s = frozenset(combo)
+                    phi[player] += weights[size] * (value(s | {player}) - value(s))
+        return ShapleyResult(phi, loo, v_all, v_none, "exact")
+    rng = random.Random(seed)
+    totals = dict.fromkeys(players, 0.0)
+    order = list(players)
+    for _ in range(permutations):
+        rng.shuffle(order)
+        coalition: frozenset[str] = frozenset()
+        previous = v_none
+        for player in order:
+            coalition = coalition | {player}
+            current = value(coalition)
+            totals[player] += current - previous
+            previous = current
+    phi = {p: totals[p] / permutations for p in players}
+    return ShapleyResult(phi, loo, v_all, v_none, "permutation", permutations)
+
+
+@dataclass
+class StepAttribution:
+    step: int
+    aggregator: str
+    value_source: str
+    """``label-expected``, ``label`` or ``agreement`` (see :mod:`expertgraph.traces.labels`)."""
+    answer: str | None
+    result: ShapleyResult
+    evaluations: int
+    unknown: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "v_all": self.result.v_all,
+            "v_none": self.result.v_none,
+            "shapley": self.result.shapley,
+            "leave_one_out": self.result.leave_one_out,
+            "value": self.value_source,
+            "method": self.result.method,
+            "samples": self.result.samples,
+            "aggregator": self.aggregator,
+            "answer": self.answer,
+            "evaluations": self.evaluations,
+            "unknown_values": self.unknown,
+        }
+
+
+@dataclass
+class RunAttribution:
+    run_id: str
+    steps: list[StepAttribution]
+    skipped: dict[int, str] = field(default_factory=dict)
+    """Steps that could not be attributed, with the reason."""
+
+    @property
+    def run_shapley(self) -> dict[str, float]:
+        """Sum of the step values per expert (the run game is the sum of the step games)."""
+        total: dict[str, float] = {}
+        for step in self.steps:
+            for name, value in step.result.shapley.items():
+                total[name] = total.get(name, 0.0) + value
+        return total
+
+    @property
+    def run_leave_one_out(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for step in self.steps:
+            for name, value in step.result.leave_one_out.items():
+                total[name] = total.get(name, 0.0) + value
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "steps": [s.to_json() for s in self.steps],
+            "run": {"shapley": self.run_shapley, "leave_one_out": self.run_leave_one_out},
+            "skipped": {str(k): v for k, v in self.skipped.items()},
+        }
+
+
+def normalise_expected(
+    expected: str, aggregator: AggregatorLike, context: Any
+) -> str | None:
+    """The expected answer as the aggregator normalises answers (it votes on it alone)."""
+    try:
+        return answer_of(aggregator.combine([Generation(expert="__expected__", text=expected)], context))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def attribute_run(
+    trace: RunTrace,
+    aggregator_factory: AggregatorFactory,
+    *,
+    labels: dict[int | None, Label] | None = None,
+    context_factory: ContextFactory = _identity_context,
+    exact_max: int = EXACT_MAX_PLAYERS,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = 0,
+) -> RunAttribution:
+    """Shapley values and leave-one-out of every step of a run, and of the run.
+
+    ``aggregator_factory`` builds the step's aggregator from the name the trace recorded.
+    """
+    if not trace.capture.content:
+        raise TraceError(
+            f"run {trace.run_id!r} was traced without content capture: the candidates' texts "
+            "are not in the trace, so the aggregator cannot be replayed"
+        )
+    refs = step_references(trace, labels)
+    contexts = step_contexts(trace)
+    aggregators: dict[str, AggregatorLike] = {}
+    out = RunAttribution(run_id=trace.run_id, steps=[])
+    for step in trace.steps():
+        if step.result is None:
+            out.skipped[step.index] = "no aggregate record (the run stopped inside the step)"
+            continue
+        if not step.generations:
+            out.skipped[step.index] = "no recorded candidates"
+            continue
+        name = step.result.aggregator
+        if name not in aggregators:
+            aggregators[name] = aggregator_factory(name)
+        aggregator = aggregators[name]
+        context = context_factory(contexts[step.index])
+        ref = refs[step.index]
+        expected_norm = (
+            normalise_expected(ref.expected, aggregator, context) if ref.expected is not None else None
+        )
+        game = StepGame(step.generations, aggregator, context, ref, expected_norm)
+        result = shapley_values(
+            game.players, game.value, exact_max=exact_max, permutations=permutations, seed=seed
+        )
+        out.steps.append(
+            StepAttribution(
+                step=step.index,
+                aggregator=name,
+                value_source=ref.source,
+                answer=ref.answer,
+                result=result,
+                evaluations=game.evaluations,
+                unknown=game.unknown,
+            )
+        )
+    return out
+
+
+def attribute_stored_run(
+    directory: Any,
+    run: str,
+    aggregator_factory: AggregatorFactory,
+    **kwargs: Any,
+) -> RunAttribution:
+    """:func:`attribute_run` for a run of a trace directory, with its labels."""
+    store = LabelStore(directory)
+    trace = store.traces.load(run)
+    return attribute_run(trace, aggregator_factory, labels=store.latest(trace.run_id), **kwargs)

@@ -1,0 +1,105 @@
+"""Secret redaction at the trace writer: secrets are replaced whole, never prefix-masked.
+
+Three sources of secrets are recognised in every string of a record (and in mapping keys):
+
+* the values of environment variables whose name says they hold a secret (``*_API_KEY``,
+  ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ``*_KEY``, ...), when at least 8 characters long;
+* ``Bearer <token>`` / ``Basic <token>`` credentials (the scheme word is kept, the token goes);
+* known key shapes: OpenAI ``sk-...``, Anthropic ``sk-ant-...``, AWS ``AKIA...``, GitHub
+  ``ghp_``/``gho_``/``ghs_``/``github_pat_...``, Slack ``xox?-...``, Google ``AIza...``,
+  Hugging Face ``hf_...``.
+
+A mapping entry whose key names a credential (``api_key``, ``authorization``, ``token``,
+``password``, ...) has its whole string value replaced as well.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8
+
+_SECRET_ENV_NAME = re.compile(
+    r"(?:^|_)(?:API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY)(?:_|$)"
+    r"|_KEY$|^APIKEY$",
+    re.IGNORECASE,
+)
+_SECRET_FIELD = re.compile(
+    r"^(?:api[_-]?key|x-api-key|authorization|proxy-authorization|token|access[_-]?token|"
+    r"refresh[_-]?token|secret|client[_-]?secret|password|passwd|credentials?|cookie|set-cookie)$",
+    re.IGNORECASE,
+)
+# Ordered so the longer, more specific shapes win (sk-ant- before sk-).
+_KEY_SHAPES = [
+    r"sk-ant-[A-Za-z0-9_\-]{16,}",
+    r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{16,}",
+    r"(?:AKIA|ASIA)[0-9A-Z]{16}",
+    r"gh[pousr]_[A-Za-z0-9]{20,}",
+    r"github_pat_[A-Za-z0-9_]{20,}",
+    r"xox[abposr]-[A-Za-z0-9\-]{10,}",
+    r"AIza[0-9A-Za-z_\-]{30,}",
+    r"hf_[A-Za-z0-9]{20,}",
+]
+_SHAPES = re.compile(r"(?<![A-Za-z0-9_\-])(?:" + "|".join(_KEY_SHAPES) + r")")
+# A credential after an auth scheme word. The token must hold a digit, so prose such as
+# "basic arithmetic" is left alone; real tokens and base64 user:password pairs have digits.
+_AUTH_SCHEME = re.compile(
+    r"\b([Bb]earer|BEARER|[Bb]asic|BASIC)(\s+)(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{8,}"
+)
+
+
+def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names of environment variables that hold secrets by their name."""
+    env = os.environ if environ is None else environ
+    return sorted(n for n in env if _SECRET_ENV_NAME.search(n))
+
+
+class Redactor:
+    """Replaces secrets in strings and nested JSON-like data.
+
+    Environment values are read again on each :meth:`refresh` (the writer refreshes once per
+    record), so a key exported after the writer was created is still caught.
+    """
+
+    def __init__(
+        self, *, environ: Mapping[str, str] | None = None, extra_secrets: list[str] | None = None
+    ) -> None:
+        self._environ = environ
+        self._extra = [s for s in (extra_secrets or []) if len(s) >= MIN_SECRET_LENGTH]
+        self._values: list[str] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the secret values of the environment."""
+        env = os.environ if self._environ is None else self._environ
+        values = {env[n] for n in secret_env_names(env) if len(env[n].strip()) >= MIN_SECRET_LENGTH}
+        values.update(self._extra)
+        # Longest first, so a secret that contains another is removed whole.
+        self._values = sorted(values, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        """The string with every secret replaced by ``[REDACTED]``."""
+        for secret in self._values:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        value = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", value)
+        return _SHAPES.sub(REDACTED, value)
+
+    def data(self, value: Any, *, key: str | None = None) -> Any:
+        """Redact a JSON-like structure (dicts, lists, strings); other values pass through."""
+        if isinstance(value, str):
+            if key is not None and _SECRET_FIELD.match(key) and value and value != REDACTED:
+                return REDACTED
+            return self.text(value)
+        if isinstance(value, dict):
+            return {
+                (self.text(k) if isinstance(k, str) else k): self.data(v, key=k if isinstance(k, str) else None)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.data(v) for v in value]
+        return value

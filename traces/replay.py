@@ -1,0 +1,267 @@
+"""Counterfactual replay: how would another routing policy or aggregator have done on recorded runs?
+
+For each recorded step, the policy is asked to route with the history as recorded (earlier
+steps, expert health so far). When every expert it chooses has a first-round candidate
+(sample 0) recorded in that step, the aggregator (the recorded one, or another) combines
+those candidates with no further calls allowed; the answer is valued like attribution values
+it (label score when labelled, else agreement with the recorded answer; see
+:mod:`expertgraph.traces.labels`) and its cost is the cost of the candidates used. Other
+steps cannot be evaluated, and their share is reported. No model is called.
+
+The recorded system on the same evaluated steps is the baseline: its value (1 under
+agreement, the label's score under a label) and its recorded cost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from expertgraph.core.types import Decision, Generation, PlanStep, Step, Task, Usage
+from expertgraph.traces.attribution import (
+    AggregatorFactory,
+    AggregatorLike,
+    ContextFactory,
+    _identity_context,
+    answer_of,
+    normalise_expected,
+    step_contexts,
+)
+from expertgraph.traces.labels import LabelStore, step_references
+from expertgraph.traces.schema import CallRecord, ExpertInfo
+from expertgraph.traces.store import RunTrace
+
+
+class PolicyLike(Protocol):
+    """What replay needs of a routing policy (see ``policies.base.Policy``)."""
+
+    name: str
+
+    def decide(self, state: Any) -> Decision: ...
+
+
+@dataclass
+class RecordedHealth:
+    """An expert's calls and errors in the run before the step."""
+
+    calls: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+@dataclass
+class RouteContext:
+    """What the trace knows when step ``step_index`` was routed; becomes a ``RoutingState``."""
+
+    task: Task
+    step_index: int
+    experts: list[ExpertInfo]
+    health: dict[str, RecordedHealth]
+    steps: list[Step]
+    plan_step: PlanStep | None
+    top_k: int
+    spent: Usage
+
+
+StateFactory = Callable[[RouteContext], Any]
+"""RouteContext -> the policy's state (``policies.base.RoutingState``)."""
+
+
+@dataclass
+class ReplayReport:
+    """Estimated quality and cost of a policy/aggregator on recorded steps."""
+
+    policy: str
+    aggregator: str
+    steps: int = 0
+    evaluated: int = 0
+    score: float = 0.0
+    """Sum of values over evaluated steps (``mean_score`` divides it)."""
+    cost: float = 0.0
+    baseline_score: float = 0.0
+    baseline_cost: float = 0.0
+    unknown: int = 0
+    """Evaluated steps whose answer had no known value (counted 0)."""
+    not_evaluable: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+    chosen: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def unevaluable_share(self) -> float:
+        return (self.steps - self.evaluated) / self.steps if self.steps else 0.0
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.score / self.evaluated if self.evaluated else None
+
+    @property
+    def mean_cost(self) -> float | None:
+        return self.cost / self.evaluated if self.evaluated else None
+
+    @property
+    def baseline_mean_score(self) -> float | None:
+        return self.baseline_score / self.evaluated if self.evaluated else None
+
+    @property
+    def baseline_mean_cost(self) -> float | None:
+        return self.baseline_cost / self.evaluated if self.evaluated else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "aggregator": self.aggregator,
+            "steps": self.steps,
+            "evaluated": self.evaluated,
+            "unevaluable_share": self.unevaluable_share,
+            "not_evaluable": dict(self.not_evaluable),
+            "mean_score": self.mean_score,
+            "mean_cost": self.mean_cost,
+            "total_cost": self.cost,
+            "baseline_mean_score": self.baseline_mean_score,
+            "baseline_mean_cost": self.baseline_mean_cost,
+            "value_sources": dict(self.sources),
+            "unknown_values": self.unknown,
+            "chosen": dict(self.chosen),
+        }
+
+
+def _route_contexts(trace: RunTrace) -> dict[int, RouteContext]:
+    start = trace.start
+    task = start.task
+    steps = trace.steps()
+    top_k = int(start.config.get("top_k", 1) or 1)
+    out: dict[int, RouteContext] = {}
+    health: dict[str, RecordedHealth] = {e.name: RecordedHealth() for e in start.experts}
+    calls_by_step: dict[int, list[CallRecord]] = {}
+    for record in trace.records:
+        if isinstance(record, CallRecord):
+            calls_by_step.setdefault(record.step, []).append(record)
+    spent = Usage()
+    for i, step in enumerate(steps):
+        out[step.index] = RouteContext(
+            task=task,
+            step_index=step.index,
+            experts=list(start.experts),
+            health={k: RecordedHealth(v.calls, v.errors, v.last_error) for k, v in health.items()},
+            steps=steps[:i],
+            plan_step=task.plan[step.index] if task.plan is not None and step.index < len(task.plan) else None,
+            top_k=top_k,
+            spent=spent,
+        )
+        for record in calls_by_step.get(step.index, []):
+            h = health.setdefault(record.generation.expert, RecordedHealth())
+            h.calls += 1
+            if record.generation.error is not None:
+                h.errors += 1
+                h.last_error = record.generation.error.message
+        spent = spent + step.usage
+    return out
+
+
+def replay_run(
+    trace: RunTrace,
+    report: ReplayReport,
+    *,
+    aggregator_factory: AggregatorFactory,
+    policy: PolicyLike | None = None,
+    state_factory: StateFactory | None = None,
+    aggregator: AggregatorLike | None = None,
+    context_factory: ContextFactory = _identity_context,
+    labels: dict[Any, Any] | None = None,
+) -> None:
+    """Add one run's steps to ``report``.
+
+    ``policy`` None keeps the recorded routing (to evaluate another ``aggregator`` alone);
+    ``aggregator`` None replays each step's recorded aggregator.
+    """
+    steps = trace.steps()
+    report.steps += len(steps)
+    if not trace.capture.content:
+        report.not_evaluable["content not captured"] += len(steps)
+        return
+    refs = step_references(trace, labels)
+    contexts = step_contexts(trace)
+    routes = _route_contexts(trace) if policy is not None else {}
+    for step in steps:
+        if step.result is None:
+            report.not_evaluable["step has no aggregate record"] += 1
+            continue
+        if policy is not None:
+            assert state_factory is not None, "replaying a policy needs a state_factory"
+            try:
+                decision = policy.decide(state_factory(routes[step.index]))
+            except Exception as exc:  # noqa: BLE001 - a policy failing on a step is reported
+                report.not_evaluable[f"policy failed: {type(exc).__name__}"] += 1
+                continue
+            if decision.action != "call":
+                report.not_evaluable["policy finished where the run called experts"] += 1
+                continue
+            chosen = list(dict.fromkeys(decision.experts))
+        else:
+            chosen = list(dict.fromkeys(step.decision.experts))
+        first_round: dict[str, Generation] = {}
+        for g in step.generations:
+            if g.sample == 0:
+                first_round.setdefault(g.expert, g)
+        missing = [n for n in chosen if n not in first_round]
+        if not chosen or missing:
+            report.not_evaluable["chosen expert's candidate not recorded"] += 1
+            continue
+        candidates = [first_round[n] for n in chosen]
+        live = aggregator or aggregator_factory(step.result.aggregator)
+        context = context_factory(contexts[step.index])
+        try:
+            answer = answer_of(live.combine(candidates, context))
+        except Exception as exc:  # noqa: BLE001
+            report.not_evaluable[f"aggregator failed: {type(exc).__name__}"] += 1
+            continue
+        ref = refs[step.index]
+        expected = None
+        if ref.expected is not None:
+            expected = normalise_expected(ref.expected, live, context)
+        value = ref.value(answer, expected)
+        if value is None:
+            report.unknown += 1
+            value = 0.0
+        baseline = ref.value(ref.answer, expected)
+        report.evaluated += 1
+        report.score += value
+        report.cost += sum(g.cost for g in candidates)
+        report.baseline_score += baseline or 0.0
+        report.baseline_cost += step.usage.cost
+        report.sources[ref.source] += 1
+        report.chosen.update(chosen)
+
+
+def replay(
+    directory: str | Path,
+    *,
+    aggregator_factory: AggregatorFactory,
+    policy: PolicyLike | None = None,
+    state_factory: StateFactory | None = None,
+    aggregator: AggregatorLike | None = None,
+    context_factory: ContextFactory = _identity_context,
+    runs: Sequence[str] | None = None,
+) -> ReplayReport:
+    """Replay a policy and/or aggregator on every finished run of a trace directory."""
+    labels = LabelStore(directory)
+    report = ReplayReport(
+        policy=policy.name if policy is not None else "(recorded)",
+        aggregator=aggregator.name if aggregator is not None else "(recorded)",
+    )
+    for run_id in runs if runs is not None else labels.traces.run_ids():
+        trace = labels.traces.load(run_id)
+        replay_run(
+            trace,
+            report,
+            aggregator_factory=aggregator_factory,
+            policy=policy,
+            state_factory=state_factory,
+            aggregator=aggregator,
+            context_factory=context_factory,
+            labels=labels.latest(trace.run_id),
+        )
+    return report
