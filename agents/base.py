@@ -94,7 +94,11 @@ class Expert(ABC):
         """Produce one answer; raise on failure (preferably :class:`ExpertCallError`)."""
 
     async def load(self) -> None:
-        """Load weights or open connections ahead of the first call (optional)."""
+        """Load weights or open connections ahead of the first call (optional).
+
+        :meth:`generate` awaits it before each call, outside the call's timeout, so it must
+        be cheap once loaded. Failures raise and become ``Generation.error``.
+        """
 
     async def aclose(self) -> None:
         """Release resources (optional)."""
@@ -116,6 +120,9 @@ class Expert(ABC):
         started = time.perf_counter()
         try:
             msgs = to_messages(messages)
+            # Loading weights may take a minute once per process; it is not the call's time.
+            await self.load()
+            started = time.perf_counter()
             async with self._semaphore():
                 raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout)
         except asyncio.CancelledError:

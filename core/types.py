@@ -146,6 +146,9 @@ class Task(_Model):
     answer_format: AnswerFormat = Field(default_factory=AnswerFormat)
     budget: Budget = Field(default_factory=Budget)
     system: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Generation params for every call of this task (max_tokens, temperature, stop...), over
+    the orchestrator's defaults and each expert's own params."""
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -177,6 +180,8 @@ class Decision(_Model):
     policy: str = ""
     answer: str | None = None
     """With action 'finish': the final answer, when the policy writes it itself."""
+    usage: Usage = Field(default_factory=Usage)
+    """What making this decision cost (an LLM router's own call); added to the run's spend."""
     meta: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -136,6 +136,13 @@ def _print_result(result: RunResult, console: Any) -> None:
 async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) -> RunResult:
     result: RunResult | None = None
     started = time.perf_counter()
+    if show:
+        console.print(f"[dim]loading {len(orch.experts)} experts…[/]")
+    for name, error in (await orch.aload()).items():
+        if error is not None:
+            console.print(f"[yellow]expert {name} did not load; it will be routed around: {error}[/]")
+    if show:
+        console.print(f"[dim]loaded in {time.perf_counter() - started:.1f}s[/]")
     async for event in orch.astream(task):
         if event.node == "end":
             result = event.result

@@ -231,6 +231,10 @@ class RunGraph:
             ctx.writer.write(RouteRecord(run_id=ctx.run_id, step=index, decision=decision))
             return {**update, **self._stop(state, reason)}
 
+        if decision.usage.calls or decision.usage.cost:
+            # An LLM router's own call is part of the run's spend and budget.
+            spent = spent + decision.usage
+            update["usage"] = spent
         if decision.action == "finish":
             ctx.writer.write(RouteRecord(run_id=ctx.run_id, step=index, decision=decision))
             return {**update, **self._stop(state, f"policy finished: {decision.rationale}", decision.answer)}
@@ -285,7 +289,7 @@ class RunGraph:
         if max_cost is None:
             return list(experts), []
         input_tokens = _estimate_tokens(messages)
-        max_tokens = int(self.orch.default_params.get("max_tokens", 256))
+        max_tokens = int(task.params.get("max_tokens", self.orch.default_params.get("max_tokens", 256)))
         total = spent.cost
         chosen: list[str] = []
         dropped: list[str] = []
@@ -298,7 +302,8 @@ class RunGraph:
                 dropped.append(name)
         return chosen, dropped
 
-    def _after_route(self, state: GraphState) -> Any:
+    async def _after_route(self, state: GraphState) -> Any:
+        # async: LangGraph runs a sync path function in a thread pool, ~1 ms a hop under load
         if state.get("stop_reason") is not None:
             self.close_run(state, state["stop_reason"] or "")
             return END
@@ -316,6 +321,7 @@ class RunGraph:
                     "instruction": state["instruction"],
                     "messages": messages,
                     "call": call,
+                    "task_params": task.params,
                     "deadline_left": self._time_left(state),
                 },
             )
@@ -335,6 +341,7 @@ class RunGraph:
         params = {
             **self.orch.default_params,
             **self.orch.expert_params.get(expert.name, {}),
+            **payload.get("task_params", {}),
             **call["params"],
         }
         timeout = expert.card.timeout_s
@@ -483,7 +490,7 @@ class RunGraph:
             plans.append(CallPlan(expert=name, sample=sample, params=dict(more.params)))
         return plans
 
-    def _after_aggregate(self, state: GraphState) -> Any:
+    async def _after_aggregate(self, state: GraphState) -> Any:
         if state.get("round", 0) > 0 and state.get("calls"):
             return self._sends(state)
         return "route"

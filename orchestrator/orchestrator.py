@@ -201,6 +201,21 @@ class Orchestrator:
         result = self._result(current, task, started)
         yield RunEvent(node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result)
 
+    async def aload(self) -> dict[str, str | None]:
+        """Load every expert now (one at a time: loads compete for CPU and memory).
+
+        Returns expert name -> None when loaded, or the error message; a failure is not
+        raised, the run will route around that expert.
+        """
+        status: dict[str, str | None] = {}
+        for expert in self.experts.values():
+            try:
+                await expert.load()
+                status[expert.name] = None
+            except Exception as exc:  # noqa: BLE001 - reported, then routed around
+                status[expert.name] = f"{type(exc).__name__}: {exc}"
+        return status
+
     async def aclose(self) -> None:
         """Release every expert's resources."""
         await asyncio.gather(*(e.aclose() for e in self.experts.values()), return_exceptions=True)

@@ -80,8 +80,14 @@ class Policy(ABC):
     def decide(self, state: RoutingState) -> Decision:
         """Choose the next step's experts (or finish)."""
 
+    blocking: bool = True
+    """Whether :meth:`decide` does heavy work (embedding, inference) that belongs in a
+    worker thread; cheap policies set it False and run on the event loop."""
+
     async def adecide(self, state: RoutingState) -> Decision:
-        """Async entry point used by the orchestrator; runs :meth:`decide` in a thread."""
+        """Async entry point used by the orchestrator."""
+        if not self.blocking:
+            return self.decide(state)
         return await asyncio.to_thread(self.decide, state)
 
 

@@ -11,6 +11,7 @@ class FixedPolicy(Policy):
     """Always the same expert(s); falls back to the first allowed one when a step restricts them."""
 
     name = "fixed"
+    blocking = False
 
     def __init__(self, experts: list[str]) -> None:
         if not experts:
@@ -41,6 +42,7 @@ class AllExperts(Policy):
     """Dense selection: every allowed expert answers every step."""
 
     name = "all"
+    blocking = False
 
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from expertgraph.agents.base import Expert
-from expertgraph.core.types import Decision, Generation, Message, Step
+from expertgraph.core.types import Decision, Generation, Message, Step, Usage
 from expertgraph.policies.base import ExpertView, Policy, RoutingState, finish_decision
 
 # Tags the prompt uses as delimiters; the same names inside quoted text are escaped.
@@ -301,7 +301,12 @@ class LLMRouter(Policy):
         }
 
     async def _fall_back(
-        self, state: RoutingState, reason: str, raw: str, router_meta: dict[str, Any]
+        self,
+        state: RoutingState,
+        reason: str,
+        raw: str,
+        router_meta: dict[str, Any],
+        router_usage: Usage,
     ) -> Decision:
         decision = await self.fallback.adecide(state)
         meta = {
@@ -322,6 +327,7 @@ class LLMRouter(Policy):
                 "meta": meta,
                 "rationale": rationale,
                 "policy": f"{self.name}->{decision.policy or self.fallback.name}",
+                "usage": decision.usage + router_usage,
             }
         )
 
@@ -330,15 +336,15 @@ class LLMRouter(Policy):
         router_meta = self._usage(gen)
         if gen.error is not None:
             reason = f"router call failed: {gen.error.type}: {gen.error.message}"
-            return await self._fall_back(state, reason, "", router_meta)
+            return await self._fall_back(state, reason, "", router_meta, gen.usage)
         try:
             decision, notes = self.parse(gen.text, state)
         except InvalidRouterAnswer as exc:
-            return await self._fall_back(state, str(exc), gen.text, router_meta)
+            return await self._fall_back(state, str(exc), gen.text, router_meta, gen.usage)
         meta = {**decision.meta, "router": {**router_meta, "raw": gen.text[: self.max_raw_chars]}}
         if notes:
             meta["router_notes"] = notes
-        return decision.model_copy(update={"meta": meta})
+        return decision.model_copy(update={"meta": meta, "usage": gen.usage})
 
     def decide(self, state: RoutingState) -> Decision:
         """Synchronous :meth:`adecide`; not for use inside a running event loop."""

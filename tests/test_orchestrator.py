@@ -313,3 +313,32 @@ def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_policys_own_cost_counts_against_the_budget(tmp_path: Path) -> None:
+    from expertgraph.core import Decision, Usage
+    from expertgraph.policies.base import Policy, RoutingState, finish_decision, next_instruction
+
+    class PricyRouter(Policy):
+        name = "pricy-router"
+        blocking = False
+
+        def decide(self, state: RoutingState) -> Decision:
+            instruction = next_instruction(state)
+            if instruction is None:
+                return finish_decision(state, self.name, "done")
+            return Decision(
+                instruction=instruction,
+                experts=["calc"],
+                policy=self.name,
+                usage=Usage(input_tokens=10, output_tokens=5, cost=0.02, calls=1),
+            )
+
+    orch = Orchestrator([CallableExpert("calc", calculator)], PricyRouter(), trace_dir=tmp_path)
+    plan = [PlanStep(instruction=f"What is {i} + 1?") for i in range(5)]
+    result = orch.run(Task(plan=plan, budget=Budget(max_cost=0.05)))
+    # Two routed steps (0.02 each), then a third routing call that brings the spend to 0.06:
+    # a policy's own cost is only known after it decided, so no expert is called after it.
+    assert result.usage.cost == pytest.approx(0.06) and result.usage.calls == 5
+    assert len(result.steps) == 2
+    assert result.stop_reason.startswith("cost budget")
