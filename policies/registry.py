@@ -6,12 +6,13 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from expertgraph.core.errors import ConfigError
 from expertgraph.policies.base import Aggregator, Policy
+from expertgraph.policies.redflags import RedFlags
 
 
 @dataclass
@@ -77,6 +78,120 @@ def _majority(options: NoOptions, ctx: BuildContext) -> Aggregator:
     from expertgraph.policies.voting import MajorityVote
 
     return MajorityVote()
+
+
+# ---- aggregators: weighted, ahead-by-k, medoid, fusion, judge ------------------------------
+
+
+class ReliabilityOptions(_Options):
+    reliability: dict[str, float] | None = None
+    """Expert -> measured accuracy (0..1)."""
+    reliability_file: str | None = None
+    """A JSON file {expert: accuracy}; relative paths resolve against the home folder."""
+    red_flags: RedFlags | None = None
+
+
+class WeightedOptions(ReliabilityOptions):
+    weights: Literal["router", "reliability"] = "reliability"
+    default_reliability: float = Field(0.6, gt=0, lt=1)
+
+
+class AheadByKOptions(ReliabilityOptions):
+    k: float = Field(2, gt=0)
+    max_draws: int = Field(10, ge=1)
+    source: Literal["next-expert", "same-expert"] = "same-expert"
+    resample: bool = True
+    temperature: float = Field(0.7, ge=0)
+    weights: Literal["none", "router", "reliability"] = "none"
+
+
+class MedoidOptions(_Options):
+    embedder: str = "all-minilm-l6-v2"
+    red_flags: RedFlags | None = None
+
+
+class FusionOptions(_Options):
+    expert: str
+    max_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    max_candidate_chars: int | None = Field(4000, ge=1)
+    skip_unanimous: bool = True
+
+
+class JudgeOptions(_Options):
+    expert: str
+    mode: Literal["listwise", "pairwise"] = "listwise"
+    swap: bool = False
+    max_tokens: int = Field(256, ge=1)
+    max_candidate_chars: int | None = Field(4000, ge=1)
+
+
+def _reliability(options: ReliabilityOptions, ctx: BuildContext) -> dict[str, float]:
+    from expertgraph.policies.voting import load_reliability
+
+    table: dict[str, float] = {}
+    if options.reliability_file:
+        path = Path(options.reliability_file)
+        table.update(load_reliability(path if path.is_absolute() else ctx.home / path))
+    table.update(options.reliability or {})
+    return table
+
+
+def _weighted(options: WeightedOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.voting import WeightedVote
+
+    return WeightedVote(
+        options.weights,
+        _reliability(options, ctx),
+        default_reliability=options.default_reliability,
+        red_flags=options.red_flags,
+    )
+
+
+def _ahead_by_k(options: AheadByKOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.ahead_by_k import AheadByK
+
+    return AheadByK(
+        options.k,
+        max_draws=options.max_draws,
+        source=options.source,
+        resample=options.resample,
+        temperature=options.temperature,
+        weights=options.weights,
+        reliability=_reliability(options, ctx),
+        red_flags=options.red_flags,
+    )
+
+
+def _medoid(options: MedoidOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.embedder import SentenceTransformerEmbedder
+    from expertgraph.policies.medoid import MedoidAggregator
+
+    return MedoidAggregator(SentenceTransformerEmbedder(options.embedder), red_flags=options.red_flags)
+
+
+def _fusion(options: FusionOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.fusion import LLMFusion, expert_by_name
+
+    return LLMFusion(
+        expert_by_name(ctx.experts, options.expert, "aggregator.expert"),
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        max_candidate_chars=options.max_candidate_chars,
+        skip_unanimous=options.skip_unanimous,
+    )
+
+
+def _judge(options: JudgeOptions, ctx: BuildContext) -> Aggregator:
+    from expertgraph.policies.fusion import JudgeRanking, expert_by_name
+
+    return JudgeRanking(
+        expert_by_name(ctx.experts, options.expert, "aggregator.expert"),
+        mode=options.mode,
+        swap=options.swap,
+        max_tokens=options.max_tokens,
+        max_candidate_chars=options.max_candidate_chars,
+    )
 
 
 # ---- online policies: LLM router, cascade, random, oracle (policies/llm_router.py, cascade.py, baselines.py)
@@ -250,6 +365,11 @@ POLICIES: dict[str, Spec] = {
 }
 AGGREGATORS: dict[str, Spec] = {
     "majority": Spec(NoOptions, _majority, "plurality over normalised answers"),
+    "weighted": Spec(WeightedOptions, _weighted, "plurality weighted by reliability or router score"),
+    "ahead-by-k": Spec(AheadByKOptions, _ahead_by_k, "draw until one answer leads by k votes (MAKER)"),
+    "medoid": Spec(MedoidOptions, _medoid, "the candidate most similar to all others (embeddings)"),
+    "fusion": Spec(FusionOptions, _fusion, "an expert writes one answer from the candidates"),
+    "judge": Spec(JudgeOptions, _judge, "an expert ranks the candidates; the top one wins"),
     "cascade": Spec(CascadeAggregatorOptions, _cascade_aggregator, "self-consistency check, escalate to the next expert on disagreement"),
 }
 
