@@ -15,6 +15,7 @@ from expertgraph.core.errors import ExpertGraphError
 _COMMAND_MODULES = [
     "expertgraph.orchestrator.cli_run",
     "expertgraph.orchestrator.cli_traces",
+    "expertgraph.orchestrator.cli_serve",
 ]
 
 
