@@ -18,7 +18,7 @@ from typing import Any
 
 from expertgraph.core.types import candidate_key
 from expertgraph.traces.schema import RunEnd
-from expertgraph.traces.store import DEFAULT_TRACE_DIR, LABELS_SUFFIX, RunTrace, load_run
+from expertgraph.traces.store import DEFAULT_TRACE_DIR, LABELS_SUFFIX, RunTrace, is_trace_file, load_run
 
 INDEX_NAME = "index.sqlite"
 INDEX_VERSION = 1
@@ -161,17 +161,18 @@ class TraceIndex:
         present: set[str] = set()
         changed = 0
         for path in sorted(self.directory.glob("*.jsonl")):
-            present.add(path.name)
             stat = path.stat()
             entry = known.get(path.name)
             if entry is not None and (entry[2], entry[3]) == (stat.st_size, stat.st_mtime_ns):
+                present.add(path.name)
                 continue
             if path.name.endswith(LABELS_SUFFIX):
                 self.index_labels(path.name[: -len(LABELS_SUFFIX)])
-            elif stat.st_size:
+            elif is_trace_file(path):
                 self.index_file(path)
-            else:
+            else:  # not a run (an exported dataset, an empty file)
                 continue
+            present.add(path.name)
             changed += 1
         gone = [(name, entry) for name, entry in known.items() if name not in present]
         if gone:

@@ -227,6 +227,17 @@ def _count_lines(fd: int, chunk: int = 1 << 20) -> int:
         offset += len(block)
 
 
+def is_trace_file(path: str | Path) -> bool:
+    """Whether a file starts with a run_start record (read from its first bytes only)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    # The writer puts v, run_id, seq and ts first; run ids are short, so "type" is near.
+    return head.startswith(b"{") and b'"type":"run_start"' in head
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line number, bytes)`` of each complete, non-blank line of a JSONL file.
 
@@ -435,12 +446,16 @@ class TraceStore:
                 _log.warning("OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc)
 
     def run_ids(self) -> list[str]:
+        """Runs of the directory: ``*.jsonl`` files that start with a run_start record.
+
+        Other JSONL files (a dataset exported next to the traces, labels) are not runs.
+        """
         if not self.directory.is_dir():
             return []
         return sorted(
             p.name[: -len(".jsonl")]
             for p in self.directory.glob("*.jsonl")
-            if not p.name.endswith(LABELS_SUFFIX)
+            if not p.name.endswith(LABELS_SUFFIX) and is_trace_file(p)
         )
 
     def resolve(self, run: str) -> Path:
