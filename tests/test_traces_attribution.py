@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from expertgraph.agents.callable import CallableExpert
-from expertgraph.core.errors import TraceError
+from expertgraph.core.errors import ConfigError, TraceError
 from expertgraph.core.types import AnswerFormat, Generation, PlanStep, StepResult, Task
 from expertgraph.orchestrator.cli import main
 from expertgraph.orchestrator.cli_traces import aggregation_context, aggregator_factory
@@ -196,3 +196,16 @@ def test_aggregator_is_replayed_not_reimplemented(tmp_path: Path) -> None:
     third = {s.step: s for s in result.steps}[2]
     assert third.result.shapley["a"] == pytest.approx(1.0) and third.result.shapley["b"] == 0.0
     assert not math.isnan(sum(third.result.shapley.values()))
+
+
+def test_an_aggregator_that_cannot_be_rebuilt_skips_its_steps(tmp_path: Path) -> None:
+    """Aggregators that call models (fusion, judge) are not replayed: no model is called."""
+    store, run_id = _run(tmp_path)
+    trace = store.load(run_id)
+
+    def factory(name: str) -> MajorityVote:
+        raise ConfigError("aggregator.experts names unknown experts ['writer']")
+
+    result = attribute_run(trace, factory)
+    assert result.steps == [] and set(result.skipped) == {0, 1, 2}
+    assert "cannot be rebuilt" in result.skipped[0] and "writer" in result.skipped[0]

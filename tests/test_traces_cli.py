@@ -359,3 +359,56 @@ def test_live_otel_exporter_posts_each_finished_run(tmp_path: Path) -> None:
         assert _attrs(root)["expertgraph.run_id"] == run_id
         assert len(_spans(payload)) == 1 + 2 + 2 + 6  # run, 2 steps, 2 decisions, 6 calls
     assert store.load(run_ids[0]).end is not None
+
+
+_EXPERTS_MODULE = '''
+import re
+
+def exact(text):
+    a, b = (int(x) for x in re.findall(r"\\d+", text)[:2])
+    return {"text": f"The sum is {a + b}", "input_tokens": 8, "output_tokens": 4, "cost": 0.004}
+
+def sloppy(text):
+    a, b = (int(x) for x in re.findall(r"\\d+", text)[:2])
+    return {"text": str(a + b + (a % 2)), "input_tokens": 8, "output_tokens": 1, "cost": 0.0005}
+'''
+
+_CONFIG = """
+name: loop
+experts:
+  - {name: exact, kind: callable, callable: "loop_experts:exact"}
+  - {name: sloppy, kind: callable, callable: "loop_experts:sloppy"}
+  - {name: exact2, kind: callable, callable: "loop_experts:exact"}
+policy: {name: all}
+aggregator: {name: majority}
+trace: {dir: TRACE_DIR}
+"""
+
+
+def test_run_label_export_loop_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "loop_experts.py").write_text(_EXPERTS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    traces = tmp_path / "traces"
+    config = tmp_path / "expertgraph.yaml"
+    config.write_text(_CONFIG.replace("TRACE_DIR", str(traces)))
+    trace_paths = []
+    for a, b in ((3, 4), (10, 5), (7, 7)):
+        out = _cli("run", f"What is {a} plus {b}?", "--config", str(config), "--json", "--quiet")
+        trace_paths.append(_last_json(out)["trace"])
+    # Label by trace path or by run id; the first answer is right, the last one is not checked.
+    _cli("traces", "label", trace_paths[0], "--score", "1", "--config", str(config))
+    run_id = Path(trace_paths[1]).stem
+    _cli("traces", "label", run_id, "--score", "1", "--expected", "15", "--config", str(config))
+    dataset = tmp_path / "routing.jsonl"
+    _cli("traces", "export", "--config", str(config), "--dataset", str(dataset))
+    rows = {r.meta["run_id"]: r for r in map(RoutingExample.model_validate_json, dataset.read_text().splitlines())}
+    assert set(rows) == {Path(p).stem for p in trace_paths}
+    first, second = rows[Path(trace_paths[0]).stem], rows[run_id]
+    assert first.prompt == "What is 3 plus 4?" and first.meta["score_source"] == "label"
+    assert first.scores == {"exact": 1.0, "exact2": 1.0, "sloppy": 0.0}  # sloppy said 8
+    assert second.meta["score_source"] == "label-expected"
+    # `run` asks for a text answer, compared whole after normalisation: "the sum is 15" is
+    # not "15"; sloppy's bare "15" (10 is even) is.
+    assert second.scores == {"exact": 0.0, "exact2": 0.0, "sloppy": 1.0}
+    assert first.costs == {"exact": 0.004, "exact2": 0.004, "sloppy": 0.0005}
+    assert rows[Path(trace_paths[2]).stem].meta["score_source"] == "agreement"

@@ -292,7 +292,8 @@ def attribute_run(
         )
     refs = step_references(trace, labels)
     contexts = step_contexts(trace)
-    aggregators: dict[str, AggregatorLike] = {}
+    aggregators: dict[str, AggregatorLike | None] = {}
+    failures: dict[str, str] = {}
     out = RunAttribution(run_id=trace.run_id, steps=[])
     for step in trace.steps():
         if step.result is None:
@@ -303,8 +304,15 @@ def attribute_run(
             continue
         name = step.result.aggregator
         if name not in aggregators:
-            aggregators[name] = aggregator_factory(name)
+            try:
+                aggregators[name] = aggregator_factory(name)
+            except Exception as exc:  # noqa: BLE001 - e.g. an aggregator that needs live experts
+                aggregators[name] = None
+                failures[name] = f"{type(exc).__name__}: {exc}"
         aggregator = aggregators[name]
+        if aggregator is None:
+            out.skipped[step.index] = f"aggregator {name!r} cannot be rebuilt for replay ({failures[name]})"
+            continue
         context = context_factory(contexts[step.index])
         ref = refs[step.index]
         expected_norm = (

@@ -211,7 +211,11 @@ def replay_run(
             report.not_evaluable["chosen expert's candidate not recorded"] += 1
             continue
         candidates = [first_round[n] for n in chosen]
-        live = aggregator or aggregator_factory(step.result.aggregator)
+        try:
+            live = aggregator or aggregator_factory(step.result.aggregator)
+        except Exception:  # noqa: BLE001 - e.g. an aggregator that needs live experts
+            report.not_evaluable[f"aggregator {step.result.aggregator!r} cannot be rebuilt for replay"] += 1
+            continue
         context = context_factory(contexts[step.index])
         try:
             answer = answer_of(live.combine(candidates, context))
