@@ -185,15 +185,18 @@ def build_replay_targets(
 
 def _trace_dir(args: argparse.Namespace, positional: str | None = None) -> Path:
     if positional:
-        return Path(positional)
-    if getattr(args, "dir", None):
-        return Path(args.dir)
-    if getattr(args, "config", None):
+        directory = Path(positional)
+    elif getattr(args, "dir", None):
+        directory = Path(args.dir)
+    elif getattr(args, "config", None):
         from expertgraph.orchestrator.config import load_config
 
-        config_path = Path(args.config)
-        return load_config(config_path).trace_dir(Path.cwd())
-    return Path(DEFAULT_TRACE_DIR)
+        directory = load_config(Path(args.config)).trace_dir(Path.cwd())
+    else:
+        directory = Path(DEFAULT_TRACE_DIR)
+    if not directory.is_dir():
+        raise TraceError(f"no trace directory {directory} (give DIR, --dir or --config)")
+    return directory
 
 
 def _console() -> Any:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from expertgraph.core.errors import TraceError
 from expertgraph.traces.index import TraceIndex
 from expertgraph.traces.store import DEFAULT_TRACE_DIR
 
@@ -49,6 +50,8 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     import numpy as np
     import pandas as pd
 
+    if not Path(directory).is_dir():
+        raise TraceError(f"no trace directory {directory}")
     index = TraceIndex(directory)
     if sync:
         index.sync()
