@@ -408,7 +408,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from expertgraph.traces.report import write_report
 
-    directory = _trace_dir(args)
+    directory = _trace_dir(args, args.target if Path(args.target).is_dir() else None)
     attribute = None if args.no_attribution else attribute_with_registry
     count = write_report(directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs)
     print(f"wrote {args.out} ({count} run(s))")
