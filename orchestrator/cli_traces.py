@@ -199,6 +199,14 @@ def _trace_dir(args: argparse.Namespace, positional: str | None = None) -> Path:
     return directory
 
 
+def _run_dir(args: argparse.Namespace) -> Path:
+    """The trace directory of a RUN_ID argument: a trace file's own folder, else as usual."""
+    run = Path(args.run_id)
+    if run.suffix == ".jsonl" and run.is_file() and not args.dir and not args.config:
+        return run.parent
+    return _trace_dir(args)
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -291,7 +299,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from expertgraph.traces.labels import LabelStore
 
-    label = LabelStore(_trace_dir(args)).add(
+    label = LabelStore(_run_dir(args)).add(
         args.run_id, args.score, step=args.step, expected=args.expected, note=args.note
     )
     where = f"step {label.step}" if label.step is not None else "run"
@@ -304,7 +312,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 
     from expertgraph.traces.labels import LabelStore
 
-    store = LabelStore(_trace_dir(args))
+    store = LabelStore(_run_dir(args))
     trace = store.traces.load(args.run_id)
     result = attribute_with_registry(
         trace, store.latest(trace.run_id), permutations=args.permutations, seed=args.seed
@@ -408,7 +416,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from expertgraph.traces.report import write_report
 
-    directory = _trace_dir(args, args.target if Path(args.target).is_dir() else None)
+    target = Path(args.target)
+    if target.is_dir():
+        directory = _trace_dir(args, args.target)
+    elif target.suffix == ".jsonl" and target.is_file() and not args.dir and not args.config:
+        directory = target.parent
+    else:
+        directory = _trace_dir(args)
     attribute = None if args.no_attribution else attribute_with_registry
     count = write_report(directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs)
     print(f"wrote {args.out} ({count} run(s))")
@@ -421,7 +435,7 @@ def _cmd_otel(args: argparse.Namespace) -> int:
 
     if not args.out and not args.endpoint:
         raise TraceError("traces otel needs --out FILE and/or --endpoint URL")
-    trace = TraceStore(_trace_dir(args), index=False).load(args.run_id)
+    trace = TraceStore(_run_dir(args), index=False).load(args.run_id)
     payload = run_to_otlp(trace)
     spans = payload["resourceSpans"][0]["scopeSpans"][0]["spans"]
     if args.out:
