@@ -15,6 +15,7 @@ A mapping entry whose key names a credential (``api_key``, ``authorization``, ``
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -52,10 +53,23 @@ _AUTH_SCHEME = re.compile(
 )
 
 
+# Substrings one of which every key shape and auth scheme contains: a string with none of
+# them needs no regex pass (most strings of a trace are model text).
+_TRIGGERS = (
+    "sk-", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza",
+    "hf_", "earer", "EARER", "asic", "ASIC",
+)
+
+
+@functools.lru_cache(maxsize=4096)  # a cache: variable names are few and their verdict fixed
+def _is_secret_name(name: str) -> bool:
+    return _SECRET_ENV_NAME.search(name) is not None
+
+
 def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """Names of environment variables that hold secrets by their name."""
     env = os.environ if environ is None else environ
-    return sorted(n for n in env if _SECRET_ENV_NAME.search(n))
+    return sorted(n for n in env if _is_secret_name(n))
 
 
 class Redactor:
@@ -83,9 +97,13 @@ class Redactor:
 
     def text(self, value: str) -> str:
         """The string with every secret replaced by ``[REDACTED]``."""
+        if len(value) < MIN_SECRET_LENGTH:
+            return value
         for secret in self._values:
             if secret in value:
                 value = value.replace(secret, REDACTED)
+        if not any(t in value for t in _TRIGGERS):
+            return value
         value = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", value)
         return _SHAPES.sub(REDACTED, value)
 
