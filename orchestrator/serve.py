@@ -31,9 +31,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -64,6 +65,8 @@ from expertgraph.orchestrator.serve_models import (
     ErrorBody,
     ErrorResponse,
     Health,
+    JSONObjectFormat,
+    JSONSchemaResponseFormat,
     ModelCard,
     ModelList,
     RunInfo,
@@ -168,11 +171,37 @@ def _error(status: int, message: str, *, type: str, code: str | None = None, par
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _field_name(loc: tuple[Any, ...]) -> str | None:
-    """``messages.0.content`` from pydantic's location, without its union-branch tags."""
+def _field_name(loc: tuple[Any, ...], body: Any = None) -> str | None:
+    """``messages.0.content`` from pydantic's location, without its union-branch labels.
+
+    pydantic puts union branches (``str``, ``list[TextPart]``) and discriminator tags
+    (``json_schema``) in the location; walking the request body tells fields from labels: a
+    label names nothing in the body, and nothing below a scalar is a field.
+    """
     if loc[:1] == ("body",):
         loc = loc[1:]
-    parts = [str(p) for p in loc if isinstance(p, int) or _IDENT.match(str(p))]
+    parts: list[str] = []
+    node = body
+    for i, item in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(item, int):
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+            parts.append(str(item))
+            continue
+        if not _IDENT.match(str(item)):
+            continue
+        if isinstance(node, dict):
+            if item in node:
+                node = node[item]
+                parts.append(str(item))
+            elif last:
+                parts.append(str(item))  # a missing field
+            continue
+        if node is None and body is None:  # no body to walk: keep identifiers
+            parts.append(str(item))
+            continue
+        break  # below a scalar: only union labels remain
     return ".".join(parts) or None
 
 
@@ -186,9 +215,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         return _error(400, f"invalid JSON body: {detail}", type="invalid_request_error", code="invalid_json")
     problems: dict[str, str] = {}
     for err in errors:
-        name = _field_name(tuple(err.get("loc", ()))) or "body"
+        name = _field_name(tuple(err.get("loc", ())), exc.body) or "body"
         problems.setdefault(name, f"{name}: {err.get('msg', 'invalid')}")
-    param = _field_name(tuple(first.get("loc", ())))
+    param = _field_name(tuple(first.get("loc", ())), exc.body)
     message = "; ".join(list(problems.values())[:5])
     return _error(400, message, type="invalid_request_error", param=param, code="invalid_value")
 
@@ -232,7 +261,8 @@ class _Gate:
                 ErrorResponse(
                     error=ErrorBody(
                         message="invalid or missing API key",
-                        type="invalid_request_error",
+                        # Not 'invalid_request_error': LiteLLM maps that string to a 400.
+                        type="authentication_error",
                         code="invalid_api_key",
                     )
                 ).model_dump(),
@@ -332,28 +362,11 @@ def _task_for(body: ChatCompletionRequest, settings: ServeSettings) -> Task:
                 param=name,
                 code="invalid_value",
             )
-    if body.logprobs:
-        raise APIError(400, "logprobs: not supported", param="logprobs", code="unsupported_value")
-    choice = body.tool_choice
-    if choice is not None and choice not in ("auto", "none"):
-        raise APIError(
-            400,
-            "tool_choice: experts never call tools; only 'auto' or 'none' are accepted",
-            param="tool_choice",
-            code="unsupported_value",
-        )
     structured: StructuredOutput | None = None
     fmt = body.response_format
-    if fmt is not None and fmt.type == "json_object":
+    if isinstance(fmt, JSONObjectFormat):
         structured = StructuredOutput(kind="json_object")
-    elif fmt is not None and fmt.type == "json_schema":
-        if fmt.json_schema is None:
-            raise APIError(
-                400,
-                "response_format.json_schema: required when type is 'json_schema'",
-                param="response_format.json_schema",
-                code="invalid_value",
-            )
+    elif isinstance(fmt, JSONSchemaResponseFormat):
         structured = StructuredOutput(
             kind="json_schema", schema=fmt.json_schema.schema_, name=fmt.json_schema.name
         )
@@ -466,6 +479,24 @@ async def _stream(
 
 # ---- the app ---------------------------------------------------------------------------------
 
+_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._:+-]*$"
+
+# One server-sent event (OpenAPI before 3.2: the schema of an event stream is one event's).
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A ChatCompletionChunk or an ErrorResponse as JSON; the last event is `[DONE]`.",
+            "contentMediaType": "application/json",
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid JSON or field; `error.param` names the field."},
     404: {"model": ErrorResponse, "description": "Unknown model."},
@@ -513,18 +544,33 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
         """The routing configurations served here, by model id."""
         return ModelList(data=[_card(m) for m in catalog])
 
-    @app.get(
-        "/v1/models/{model:path}",
-        response_model=ModelCard,
-        responses={**auth, 404: _ERRORS[404]},
-        tags=["models"],
-    )
-    async def get_model(model: str) -> ModelCard:
-        """One routing configuration by model id."""
+    def _retrieve(model: str) -> ModelCard:
         try:
             return _card(catalog.resolve(model))
         except UnknownModelError as exc:
             raise APIError(404, str(exc), param="model", code="model_not_found") from None
+
+    # Two routes because model ids hold a slash: /v1/models/expertgraph/<name> (what OpenAI
+    # clients send for "expertgraph/<name>") and /v1/models/<name>.
+    @app.get(
+        "/v1/models/expertgraph/{name}",
+        response_model=ModelCard,
+        responses={**auth, 400: _ERRORS[400], 404: _ERRORS[404]},
+        tags=["models"],
+    )
+    async def get_model(name: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)]) -> ModelCard:
+        """One routing configuration by model id ``expertgraph/<name>``."""
+        return _retrieve(f"expertgraph/{name}")
+
+    @app.get(
+        "/v1/models/{model}",
+        response_model=ModelCard,
+        responses={**auth, 400: _ERRORS[400], 404: _ERRORS[404]},
+        tags=["models"],
+    )
+    async def get_model_short(model: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)]) -> ModelCard:
+        """One routing configuration by its bare name (``expertgraph`` alone: the default)."""
+        return _retrieve(model)
 
     @app.post(
         "/v1/chat/completions",
@@ -534,7 +580,7 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
                 "description": "A completion, or with `stream: true` server-sent `data:` events "
                 "(chat.completion.chunk objects, then `[DONE]`). The run's trace id is in "
                 f"the `{TRACE_HEADER}` header.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                 "headers": {TRACE_HEADER: {"schema": {"type": "string"}, "description": "The run's trace id."}},
             },
             **auth,
@@ -566,7 +612,7 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _openapi(app, settings)
+            app.openapi_schema = _openapi(app, settings, catalog)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -574,9 +620,14 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
     return app
 
 
-def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
-    """FastAPI's schema, made to match what the server really does."""
+def _openapi(app: FastAPI, settings: ServeSettings, catalog: ModelCatalog) -> dict[str, Any]:
+    """FastAPI's schema, made to match what the server really does (and name its models)."""
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    served = [m.name for m in catalog]
+    for path, path_item in schema.get("paths", {}).items():
+        if path.startswith("/v1/models/"):
+            for parameter in path_item["get"].get("parameters", []):
+                parameter["schema"]["examples"] = served
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             # Validation errors are 400 with the OpenAI error body, never FastAPI's 422.
@@ -586,6 +637,8 @@ def _openapi(app: FastAPI, settings: ServeSettings) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     request = schemas.get("ChatCompletionRequest", {}).get("properties", {})
+    if "model" in request:
+        request["model"]["examples"] = catalog.ids()
     for name in ("max_tokens", "max_completion_tokens"):
         for option in request.get(name, {}).get("anyOf", []):
             if option.get("type") == "integer":

@@ -1,16 +1,17 @@
 """Pydantic models of the OpenAI-compatible HTTP API that ``expertgraph serve`` speaks.
 
-Requests accept the OpenAI chat-completions fields; the ones expertgraph cannot honour are
-either rejected with a 400 naming the field (``n`` > 1, ``logprobs``, a forced
-``tool_choice``, non-text content parts) or accepted and ignored where a model may ignore
-them anyway (``tools`` it never calls, penalties, ``logit_bias``, ``metadata``...).
+Requests accept the OpenAI chat-completions fields. Those expertgraph cannot honour are
+narrowed in the schema, so a request outside it is a 400 naming the field (``n`` > 1,
+``logprobs: true``, a forced ``tool_choice``, non-text content parts); the others are accepted
+and ignored where a model may ignore them anyway (``tools`` it never calls, penalties,
+``logit_bias``, ``metadata``...).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from expertgraph.core.types import Message
 
@@ -28,10 +29,29 @@ def _utf8(value: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
-class _Open(BaseModel):
-    """Unknown fields are accepted and ignored, as OpenAI clients send many optional ones."""
+def _json_int(value: Any) -> Any:
+    # JSON Schema's "integer" includes 5.0; it excludes "5" and true (which lax pydantic takes).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
-    model_config = ConfigDict(extra="allow")
+
+def _json_false(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("Input should be a valid boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_json_int)]
+"""An integer as JSON Schema means it: ``5`` or ``5.0``, never ``"5"`` or ``true``. (With
+constraints, put ``Field(ge=...)`` before the validator, or the schema says ``ge``.)"""
+
+
+class _Open(BaseModel):
+    """Request parts: unknown fields are accepted and ignored, as OpenAI clients send many
+    optional ones; known fields are strict (no ``0`` for ``false``, no ``"3"`` for ``3``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Closed(BaseModel):
@@ -75,11 +95,20 @@ class JSONSchemaFormat(_Open):
     strict: bool | None = None
 
 
-class ResponseFormat(_Closed):
-    """``{"type": "text"}``, ``{"type": "json_object"}`` or ``{"type": "json_schema", ...}``."""
+class TextFormat(_Open):
+    type: Literal["text"]
 
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaFormat | None = None
+
+class JSONObjectFormat(_Open):
+    type: Literal["json_object"]
+
+
+class JSONSchemaResponseFormat(_Open):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaResponseFormat, Field(discriminator="type")]
 
 
 class ChatCompletionRequest(_Open):
@@ -87,21 +116,25 @@ class ChatCompletionRequest(_Open):
 
     model: Text = Field(min_length=1, max_length=256, examples=["expertgraph/default"])
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1), BeforeValidator(_json_int)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), BeforeValidator(_json_int)] | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
+    n: Annotated[int, Field(ge=1, le=1), BeforeValidator(_json_int)] | None = Field(
+        None, description="Only 1 is supported."
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Text | list[Text] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logprobs: bool | None = Field(None, description="Not supported: only false or absent.")
+    logprobs: Annotated[Literal[False], BeforeValidator(_json_false)] | None = Field(
+        None, description="Not supported: only false or absent."
+    )
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = Field(None, description="Accepted; experts never call tools.")
-    tool_choice: Text | dict[str, Any] | None = Field(
+    tool_choice: Literal["auto", "none"] | None = Field(
         None, description="Only 'auto' or 'none': experts never call tools."
     )
     user: Text | None = Field(None, max_length=256)

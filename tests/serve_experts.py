@@ -82,8 +82,10 @@ def _instance(schema: dict[str, Any], defs: dict[str, Any], topic: str) -> Any:
 
 
 def json_writer(messages: list[Message]) -> dict[str, Any]:
-    """Writes the JSON the system message asks for: an instance of the schema it quotes."""
-    schema: dict[str, Any] | None = None
+    """Writes the JSON the system message asks for: an instance of the schema it quotes.
+
+    Always a JSON object (so it answers any request, JSON asked or not)."""
+    schema: Any = None
     asked = False
     for message in messages:
         if message.role == "system" and "JSON" in message.content:
@@ -92,8 +94,14 @@ def json_writer(messages: list[Message]) -> dict[str, Any]:
             if sep:
                 schema = json.loads(tail)
     topic = _last_user(messages)
-    if schema is not None:
-        value = _instance(schema, schema.get("$defs", {}), topic[:40])
+    value: Any = None
+    if isinstance(schema, dict):
+        try:
+            value = _instance(schema, schema.get("$defs", {}), topic[:40])
+        except (KeyError, TypeError, AttributeError, IndexError, RecursionError):
+            value = None  # a schema this little writer does not understand
+        if not isinstance(value, dict):
+            value = {"value": value}
     elif asked:
         value = {"setup": topic, "punchline": "because it could"}
     else:
