@@ -146,3 +146,11 @@ def write_config(
     path = directory / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
+
+
+def reply(messages: list[Message]) -> dict[str, Any]:
+    """JSON when a system message asks for it (like :func:`json_writer`), else ``echo: <text>``."""
+    if any(m.role == "system" and "JSON" in m.content for m in messages):
+        return json_writer(messages)
+    text = "echo: " + (_last_user(messages) or "(nothing)")
+    return {"text": text, "input_tokens": _count(messages), "output_tokens": len(text.split())}
