@@ -94,6 +94,19 @@ def _short(text: str | None, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def step_answer(result: RunResult, index: int) -> str | None:
+    """What a person reads as a step's answer: the extracted answer for number, choice and
+    JSON steps, the expert's own words for free-text steps."""
+    step = result.steps[index]
+    if step.result is None:
+        return None
+    plan = result.task.plan
+    fmt = (plan[index].answer_format if plan and index < len(plan) else None) or result.task.answer_format
+    if fmt.kind == "text":
+        return step.result.text or step.result.answer
+    return step.result.answer if step.result.answer is not None else (step.result.text or None)
+
+
 def _step_json(result: RunResult) -> list[dict[str, Any]]:
     return [
         {
@@ -101,9 +114,9 @@ def _step_json(result: RunResult) -> list[dict[str, Any]]:
             "instruction": s.instruction,
             "experts": s.decision.experts,
             "scores": {k: round(v, 6) for k, v in s.decision.scores.items()},
-            "answer": (s.result.answer if s.result and s.result.answer is not None else (s.result.text if s.result else None)),
+            "answer": step_answer(result, i),
         }
-        for s in result.steps
+        for i, s in enumerate(result.steps)
     ]
 
 

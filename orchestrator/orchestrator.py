@@ -74,6 +74,8 @@ class Orchestrator:
         self.top_k = top_k
         self.budget = budget or Budget()
         self.name = name
+        # Absolute, so a trace path printed or stored stays valid whatever the cwd later is.
+        trace_dir = Path(trace_dir).expanduser().resolve()
         # trace_options: TraceStore keywords (capture_content, redact, index, otel_endpoint...).
         self.trace_store = TraceStore(trace_dir, fsync=fsync, **dict(trace_options or {}))
         self.default_params: dict[str, Any] = dict(defaults or {"max_tokens": 128, "temperature": 0})
