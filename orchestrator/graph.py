@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -305,7 +306,8 @@ class RunGraph:
     async def _after_route(self, state: GraphState) -> Any:
         # async: LangGraph runs a sync path function in a thread pool, ~1 ms a hop under load
         if state.get("stop_reason") is not None:
-            self.close_run(state, state["stop_reason"] or "")
+            # Closing updates the trace index (and may post spans): not on the event loop.
+            await asyncio.to_thread(self.close_run, state, state["stop_reason"] or "")
             return END
         return self._sends(state)
 

@@ -219,5 +219,6 @@ class Orchestrator:
         return status
 
     async def aclose(self) -> None:
-        """Release every expert's resources."""
+        """Release every expert's resources and finish background trace work (index, export)."""
         await asyncio.gather(*(e.aclose() for e in self.experts.values()), return_exceptions=True)
+        await asyncio.to_thread(self.trace_store.flush)

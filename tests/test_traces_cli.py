@@ -59,6 +59,7 @@ def _record_runs(directory: Path, n: int = 4, policy: Any = None, **trace_option
         plan = [PlanStep(instruction=f"Add {i + j} and {10 * j + 1}") for j in range(2)]
         result = orch.run(Task(prompt=f"sums #{i}", plan=plan, answer_format=AnswerFormat(kind="number")))
         run_ids.append(result.run_id)
+    orch.trace_store.flush()  # indexing and live export run in the background
     return run_ids
 
 

@@ -66,6 +66,7 @@ class TraceIndex:
     def __init__(self, directory: str | Path = DEFAULT_TRACE_DIR) -> None:
         self.directory = Path(directory)
         self.path = self.directory / INDEX_NAME
+        self._ready = False
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -75,13 +76,18 @@ class TraceIndex:
         self.directory.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=60.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=60000")
-            conn.executescript(_SCHEMA)
-            conn.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(INDEX_VERSION),)
-            )
-            conn.commit()
+            # The JSONL files are the record and the index is rebuilt from them, so commits
+            # need not wait for the disk: WAL with synchronous=NORMAL stays consistent.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._ready:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(INDEX_VERSION),)
+                )
+                conn.commit()
+                self._ready = True
             yield conn
             conn.commit()
         except BaseException:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pydantic import ValidationError
@@ -406,6 +407,10 @@ class TraceStore:
         self.index = index
         self.otel_endpoint = otel_endpoint
         self.otel_headers = dict(otel_headers or {})
+        self._index: Any = None  # the TraceIndex, opened on the first run's close
+        self._lock = threading.Lock()
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
 
     def path_for(self, run_id: str) -> Path:
         if (
@@ -428,13 +433,31 @@ class TraceStore:
         )
 
     def _run_closed(self, path: Path) -> None:
+        # Indexing and exporting take tens of ms (SQLite, HTTP): a background thread does
+        # them so the run returns at once. Readers sync the index from the files before they
+        # query it, so an update still pending (or lost with the process) only costs a re-read.
+        with self._lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expertgraph-trace")
+            self._pending.append(self._worker.submit(self._after_close, path))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every closed run is indexed and exported."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result(timeout=timeout)
+
+    def _after_close(self, path: Path) -> None:
         # The JSONL file is the record; the index and the exporter are conveniences, so a
         # failure here is logged and never fails the run.
         if self.index:
             try:
                 from expertgraph.traces.index import TraceIndex
 
-                TraceIndex(self.directory).index_file(path)
+                if self._index is None:
+                    self._index = TraceIndex(self.directory)
+                self._index.index_file(path)
             except Exception as exc:  # noqa: BLE001
                 _log.warning("trace index not updated for %s: %s", path, exc)
         if self.otel_endpoint:
