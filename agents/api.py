@@ -244,7 +244,8 @@ class APIExpert(Expert):
                     per_try = max(_MIN_ATTEMPT_S, left)
                     if attempt_timeout is not None:
                         per_try = min(per_try, float(attempt_timeout))
-                    response = await _attempt(litellm, request, per_try)
+                    client_timeout = float(attempt_timeout or self.card.timeout_s)
+                    response = await _attempt(litellm, request, per_try, client_timeout)
         except _AttemptFailed as exc:
             f = exc.failure
             raise ExpertCallError(
@@ -332,11 +333,19 @@ class APIExpert(Expert):
         )
 
 
-async def _attempt(litellm: Any, request: dict[str, Any], timeout_s: float) -> Any:
-    """One call; any failure comes out classified as :class:`_AttemptFailed`."""
+async def _attempt(
+    litellm: Any, request: dict[str, Any], timeout_s: float, client_timeout_s: float
+) -> Any:
+    """One call; any failure comes out classified as :class:`_AttemptFailed`.
+
+    LiteLLM keys its cached HTTP clients by the timeout, so it gets a fixed one per expert
+    (``client_timeout_s``): a timeout that shrinks with the deadline would open a new
+    connection pool on every call. ``wait_for`` enforces the real bound of this attempt.
+    """
     try:
-        # LiteLLM's timeout is per network phase; wait_for makes it a hard bound.
-        return await asyncio.wait_for(litellm.acompletion(**request, timeout=timeout_s), timeout_s)
+        return await asyncio.wait_for(
+            litellm.acompletion(**request, timeout=client_timeout_s), timeout_s
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is classified

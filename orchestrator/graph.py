@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -306,8 +305,8 @@ class RunGraph:
     async def _after_route(self, state: GraphState) -> Any:
         # async: LangGraph runs a sync path function in a thread pool, ~1 ms a hop under load
         if state.get("stop_reason") is not None:
-            # Closing updates the trace index (and may post spans): not on the event loop.
-            await asyncio.to_thread(self.close_run, state, state["stop_reason"] or "")
+            # Cheap: one record and a close; the store indexes and exports in the background.
+            self.close_run(state, state["stop_reason"] or "")
             return END
         return self._sends(state)
 
