@@ -4,7 +4,18 @@ Importing this package imports neither torch nor litellm; the concrete experts l
 when they are built.
 """
 
+from expertgraph.agents.api import APIExpert, RetrySettings
 from expertgraph.agents.base import Expert, ExpertCallError, RawOutput, to_messages
 from expertgraph.agents.callable import CallableExpert
+from expertgraph.agents.local import LocalHFExpert
 
-__all__ = ["CallableExpert", "Expert", "ExpertCallError", "RawOutput", "to_messages"]
+__all__ = [
+    "APIExpert",
+    "CallableExpert",
+    "Expert",
+    "ExpertCallError",
+    "LocalHFExpert",
+    "RawOutput",
+    "RetrySettings",
+    "to_messages",
+]

@@ -467,6 +467,11 @@ def _load(source: _Source, device: str, dtype: str, num_threads: int | None) -> 
         ) from exc
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+    # transformers draws tqdm bars while it dequantizes GGUF weights; a CLI run prints its own
+    # progress, and a server's logs should not fill with bars.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     where = source.directory / source.gguf_file if source.gguf_file else source.directory
     kwargs: dict[str, Any] = {"local_files_only": True}
     if source.gguf_file:
