@@ -188,7 +188,9 @@ class RunGraph:
         task = state["task"]
         update: dict[str, Any] = {}
         if not state.get("run_id") or state["run_id"] not in self._runs:
-            ctx = self.open_run(task, state.get("run_id"))
+            # A run started from a parent graph: always a new id, since a run_id the parent
+            # kept from an earlier invocation names a finished trace that must not grow.
+            ctx = self.open_run(task)
             update.update(
                 run_id=ctx.run_id,
                 step_index=0,
