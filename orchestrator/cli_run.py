@@ -243,7 +243,7 @@ def _cmd_experts(args: argparse.Namespace) -> int:
         else:
             if not args.no_check:
                 status, took, detail = asyncio.run(check(expert))
-                detail = f"{took:.1f}s: {_short(detail, 60)}"
+                detail = f"{took:.1f}s: {_short(detail, 120)}"
         failures += status == "error"
         rows.append({"name": ecfg.name, "kind": ecfg.kind, "model": model, "status": status, "detail": detail})
         table.add_row(ecfg.name, ecfg.kind, str(model), _short(ecfg.card.description, 50), f"{status} {detail}".strip())
