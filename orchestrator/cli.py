@@ -16,6 +16,8 @@ _COMMAND_MODULES = [
     "expertgraph.orchestrator.cli_run",
     "expertgraph.orchestrator.cli_traces",
     "expertgraph.orchestrator.cli_serve",
+    "expertgraph.orchestrator.cli_train",
+    "expertgraph.orchestrator.cli_eval",
 ]
 
 

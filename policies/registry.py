@@ -346,6 +346,45 @@ def _oracle(options: OracleOptions, ctx: BuildContext) -> Policy:
     return OraclePolicy.from_examples(examples, **kwargs)
 
 
+class LearnedOptions(_Options):
+    path: str = Field(min_length=1)
+    """The trained artifact's folder (from `expertgraph train`); relative to home if not found."""
+    lam: float | None = Field(None, ge=0)
+    target_cost: float | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=1)
+    costs: dict[str, float] | None = None
+    avoid_failing: bool = True
+
+
+def _learned(kind: str) -> Callable[[LearnedOptions, BuildContext], Policy]:
+    def build(options: LearnedOptions, ctx: BuildContext) -> Policy:
+        from expertgraph.core.errors import PolicyError
+        from expertgraph.policies.learned import LearnedRouter
+
+        if options.lam is not None and options.target_cost is not None:
+            raise ConfigError("policy: give lam or target_cost, not both", field="policy.lam")
+        path = Path(options.path).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = ctx.home / path
+        try:
+            router = LearnedRouter.load(
+                path,
+                experts=list(ctx.experts) if ctx.experts else None,
+                home=ctx.home,
+                lam=options.lam,
+                target_cost=options.target_cost,
+                top_k=options.top_k,
+                costs=options.costs,
+                kind=kind,
+            )
+        except PolicyError as exc:
+            raise ConfigError(f"policy.path: {exc}", path=str(path), field="policy.path") from exc
+        router.avoid_failing = options.avoid_failing
+        return router
+
+    return build
+
+
 @dataclass(frozen=True)
 class Spec:
     options: type[BaseModel]
@@ -362,6 +401,13 @@ POLICIES: dict[str, Spec] = {
     "cascade": Spec(CascadeOptions, _cascade, "cheapest adequate expert first (pair with the cascade aggregator)"),
     "random": Spec(RandomOptions, _random, "seeded uniform random choice (baseline)"),
     "oracle": Spec(OracleOptions, _oracle, "best expert from graded answers; evaluation only"),
+    "knn": Spec(LearnedOptions, _learned("knn"), "trained: distance-weighted kNN over labelled prompts, quality - lam*cost"),
+    "cluster": Spec(LearnedOptions, _learned("cluster"), "trained: k-means clusters, per-cluster expert ranking (Avengers-Pro)"),
+    "logreg": Spec(LearnedOptions, _learned("logreg"), "trained: per-expert logistic success predictors on embeddings"),
+    "mlp": Spec(LearnedOptions, _learned("mlp"), "trained: small MLP predicting every expert's success"),
+    "mf": Spec(LearnedOptions, _learned("mf"), "trained: matrix factorisation (RouteLLM mf, N experts)"),
+    "task": Spec(LearnedOptions, _learned("task"), "trained: task classifier x per-task expert quality"),
+    "ensemble": Spec(LearnedOptions, _learned("ensemble"), "trained: mean of several trained routers' predictions"),
 }
 AGGREGATORS: dict[str, Spec] = {
     "majority": Spec(NoOptions, _majority, "plurality over normalised answers"),
