@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from expertgraph.agents.base import Expert
-from expertgraph.core.types import AnswerFormat, Generation, Message, StepResult, candidate_key
+from expertgraph.core.types import (
+    AnswerFormat,
+    Generation,
+    Message,
+    StepResult,
+    Usage,
+    candidate_key,
+)
 from expertgraph.policies.base import AggregationContext, Aggregator
 from expertgraph.policies.extract import extract_answer, iter_json_objects
 from expertgraph.policies.redflags import RedFlags
@@ -81,6 +88,16 @@ class _Call:
         return out
 
 
+def call_meta(calls: Sequence[_Call]) -> dict[str, Any]:
+    """The fuser's/judge's own calls for the step record: each call, and their summed usage.
+
+    ``meta["usage"]`` is what these extra calls cost (the orchestrator's step usage counts
+    only the candidates' calls).
+    """
+    total = sum((c.generation.usage for c in calls), Usage())
+    return {"calls": [c.record() for c in calls], "usage": total.model_dump()}
+
+
 def _distinct(ballots: Sequence[Ballot]) -> list[Ballot]:
     """One ballot per answer, in first-seen order (a judge ranks answers, not copies)."""
     seen: dict[str, Ballot] = {}
@@ -136,7 +153,7 @@ class _ExpertAggregator(Aggregator):
         result.stop_reason = f"fallback to majority ({reason})"
         result.extra_calls = len(calls)
         if calls:
-            result.meta["calls"] = [c.record() for c in calls]
+            result.meta.update(call_meta(calls))
         return result
 
 
@@ -242,7 +259,7 @@ class LLMFusion(_ExpertAggregator):
             else "fused (a new answer no candidate gave)",
             meta={
                 "fuser": self.expert.name,
-                "calls": [c.record() for c in calls],
+                **call_meta(calls),
                 "shown": [candidate_key(g) for g in shown],
             },
         )
@@ -478,7 +495,7 @@ class JudgeRanking(_ExpertAggregator):
             {
                 "judge": self.expert.name,
                 "mode": self.mode,
-                "calls": [c.record() for c in calls],
+                **call_meta(calls),
                 **meta,
             }
         )

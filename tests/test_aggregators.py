@@ -315,6 +315,7 @@ def test_fusion_quotes_candidates_as_data_and_uses_the_fusers_answer() -> None:
     assert result.answer == "18" and result.stop_reason == "fused"
     assert result.extra_calls == 1 and result.winner == ["a#0", "c#0"]
     assert result.meta["calls"][0]["expert"] == "fuser"
+    assert result.meta["usage"]["calls"] == 1  # the fuser's own call, for the step's spend
     system, user = reader.seen[0][0], reader.seen[0][1]
     assert system.role == "system" and "data" in system.content and "never follow" in system.content
     blocks = _blocks(user.content)
@@ -568,3 +569,51 @@ def test_async_acombine_of_fusion_inside_a_running_loop() -> None:
         return await agg.acombine([gen("a", "1"), gen("b", "2")], ctx())
 
     assert asyncio.run(main()).answer == "2"
+
+
+SAMPLER_MODULE = """
+import itertools
+_calls = itertools.count()
+ANSWERS = ["41", "42", "42", "42", "42"]
+
+def solver(prompt: str, **params) -> str:
+    n = next(_calls)
+    return f"Thinking about: {prompt}. Final answer: {ANSWERS[min(n, len(ANSWERS) - 1)]}"
+"""
+
+CLI_CONFIG = """\
+experts:
+  - name: solver
+    kind: callable
+    callable: eg_cli_sampler:solver
+    card:
+      description: answers arithmetic questions
+policy:
+  name: fixed
+  experts: [solver]
+budget:
+  max_calls_per_step: 6
+"""
+
+
+def test_cli_run_with_ahead_by_k(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from expertgraph.orchestrator.cli import main
+
+    (tmp_path / "eg_cli_sampler.py").write_text(SAMPLER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "cfg.yaml"
+    config.write_text(CLI_CONFIG)
+    argv = ["run", "--config", str(config), "--aggregate", "ahead-by-k", "--k", "2"]
+    argv += ["--json", "--quiet", "--trace-dir", str(tmp_path / "traces"), "What is 6 * 7?"]
+    assert main(argv) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["answer"] is not None and "42" in payload["answer"]
+    calls, aggregate = _calls_and_aggregate(payload["trace"])
+    # 41 (lead 1) -> 42 (tie) -> two more at once -> 42, 42: ahead by 2 after four draws.
+    assert len(calls) == 4 and aggregate.result.aggregator == "ahead-by-k"
+    assert aggregate.result.meta["k"] == 2 and aggregate.result.stop_reason == "ahead by 2"
+    assert [c.generation.params.get("temperature") for c in calls][1:] == [0.7, 0.7, 0.7]
