@@ -114,7 +114,7 @@ def _to_fraction(raw: str) -> Fraction:
 
 
 def _clean_math(span: str) -> str:
-    """Undo LaTeX and Unicode that hide numbers: ``\\frac{1}{2}`` -> ``1/2``, ``\\text{cm}`` -> cm."""
+    """Undo LaTeX and Unicode hiding numbers: ``\\frac{1}{2}`` -> ``1/2``, ``\\text{cm}`` -> cm."""
     span = unicodedata.normalize("NFKC", span).replace("{,}", ",")
     span = _LATEX_FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", span)
     for _ in range(3):  # nested \text{\textbf{..}}
