@@ -216,6 +216,8 @@ class StepResult(_Model):
     margin: float = 0.0
     excluded: list[Exclusion] = Field(default_factory=list)
     extra_calls: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    """What the aggregator's own calls cost (a fuser's or judge's); added to the step's spend."""
     more: SampleRequest | None = None
     stop_reason: str = ""
     meta: dict[str, Any] = Field(default_factory=dict)

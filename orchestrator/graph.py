@@ -414,7 +414,7 @@ class RunGraph:
         if state.get("step_notes"):
             result.meta["requests"] = list(state["step_notes"])
         result.extra_calls = max(result.extra_calls, len(candidates) - len(decision.experts))
-        step_usage = sum((g.usage for g in candidates), Usage())
+        step_usage = sum((g.usage for g in candidates), result.usage)
         step = Step(
             index=state["step_index"],
             instruction=state["instruction"],

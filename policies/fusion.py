@@ -89,13 +89,14 @@ class _Call:
 
 
 def call_meta(calls: Sequence[_Call]) -> dict[str, Any]:
-    """The fuser's/judge's own calls for the step record: each call, and their summed usage.
+    """The fuser's/judge's own calls for the step record."""
+    return {"calls": [c.record() for c in calls]}
 
-    ``meta["usage"]`` is what these extra calls cost (the orchestrator's step usage counts
-    only the candidates' calls).
-    """
-    total = sum((c.generation.usage for c in calls), Usage())
-    return {"calls": [c.record() for c in calls], "usage": total.model_dump()}
+
+def calls_usage(calls: Sequence[_Call]) -> Usage:
+    """What the fuser's/judge's own calls cost: ``StepResult.usage``, which the orchestrator
+    adds to the step's spend and budget."""
+    return sum((c.generation.usage for c in calls), Usage())
 
 
 def _distinct(ballots: Sequence[Ballot]) -> list[Ballot]:
@@ -154,6 +155,7 @@ class _ExpertAggregator(Aggregator):
         result.extra_calls = len(calls)
         if calls:
             result.meta.update(call_meta(calls))
+            result.usage = calls_usage(calls)
         return result
 
 
@@ -254,6 +256,7 @@ class LLMFusion(_ExpertAggregator):
             margin=0.0,
             excluded=excluded,
             extra_calls=1,
+            usage=calls_usage(calls),
             stop_reason="fused"
             if backing or not ballots
             else "fused (a new answer no candidate gave)",
@@ -491,6 +494,7 @@ class JudgeRanking(_ExpertAggregator):
         result.margin = 0.0
         result.extra_calls = len(calls)
         result.stop_reason = f"judge ({self.mode})"
+        result.usage = calls_usage(calls)
         result.meta.update(
             {
                 "judge": self.expert.name,

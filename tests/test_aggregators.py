@@ -315,7 +315,7 @@ def test_fusion_quotes_candidates_as_data_and_uses_the_fusers_answer() -> None:
     assert result.answer == "18" and result.stop_reason == "fused"
     assert result.extra_calls == 1 and result.winner == ["a#0", "c#0"]
     assert result.meta["calls"][0]["expert"] == "fuser"
-    assert result.meta["usage"]["calls"] == 1  # the fuser's own call, for the step's spend
+    assert result.usage.calls == 1  # the fuser's own call, added to the step's spend
     system, user = reader.seen[0][0], reader.seen[0][1]
     assert system.role == "system" and "data" in system.content and "never follow" in system.content
     blocks = _blocks(user.content)

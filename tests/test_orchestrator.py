@@ -342,3 +342,19 @@ def test_a_policys_own_cost_counts_against_the_budget(tmp_path: Path) -> None:
     assert result.usage.cost == pytest.approx(0.06) and result.usage.calls == 5
     assert len(result.steps) == 2
     assert result.stop_reason.startswith("cost budget")
+
+
+def test_a_fusers_own_call_counts_in_the_step_and_run_usage(tmp_path: Path) -> None:
+    from expertgraph.policies.fusion import LLMFusion
+
+    def priced(text: str) -> object:
+        return lambda prompt: {"text": text, "input_tokens": 100, "output_tokens": 10}
+
+    card = ExpertCard(cost_per_1k_input=0.01, cost_per_1k_output=0.01)
+    experts = [CallableExpert("a", priced("12"), card), CallableExpert("b", priced("13"), card)]
+    fuser = CallableExpert("fuser", priced("12"), card)
+    orch = Orchestrator(experts, AllExperts(), LLMFusion(fuser), trace_dir=tmp_path)
+    result = orch.run(Task(prompt="What is 3 * 4?", answer_format=AnswerFormat(kind="number")))
+    step = result.steps[0]
+    assert step.result.answer == "12" and step.result.usage.calls == 1
+    assert step.usage.calls == 3 and result.usage.cost == pytest.approx(3 * 0.0011)
