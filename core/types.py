@@ -120,10 +120,14 @@ class AnswerFormat(_Model):
 class Budget(_Model):
     """Limits of one run; the run stops cleanly, with a reason, before crossing one."""
 
-    max_steps: int = Field(8, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    """None: a plan's own length, or 8 steps for an open task."""
     max_cost: float | None = Field(None, ge=0)
     deadline_s: float | None = Field(None, gt=0)
     max_calls_per_step: int = Field(16, ge=1)
+
+
+OPEN_TASK_MAX_STEPS = 8
 
 
 class PlanStep(_Model):
@@ -156,6 +160,13 @@ class Task(_Model):
         if not self.prompt and not self.messages and not self.plan:
             raise ValueError("a task needs a prompt, messages or a plan")
         return self
+
+    @property
+    def max_steps(self) -> int:
+        """The step limit of this task: the budget's, else the plan's length, else 8."""
+        if self.budget.max_steps is not None:
+            return self.budget.max_steps
+        return len(self.plan) if self.plan else OPEN_TASK_MAX_STEPS
 
     @property
     def text(self) -> str:

@@ -62,6 +62,8 @@ class GraphState(TypedDict, total=False):
     steps: list[Step]
     decision: Decision | None
     instruction: str
+    messages: list[Message]
+    """The step's messages, built once when it is routed and sent to every call of the step."""
     plan_step: PlanStep | None
     calls: list[CallPlan]
     candidates: Annotated[list[Generation], _merge_candidates]
@@ -115,7 +117,7 @@ class RunGraph:
     def recursion_limit(self, task: Task) -> int:
         budget = task.budget
         per_step = 3 + 2 * budget.max_calls_per_step
-        return budget.max_steps * per_step + 10
+        return task.max_steps * per_step + 10
 
     # ---- run context ---------------------------------------------------------------------
 
@@ -210,8 +212,8 @@ class RunGraph:
 
         if task.plan is not None and index >= len(task.plan):
             return {**update, **self._stop(state, "plan complete")}
-        if index >= budget.max_steps:
-            return {**update, **self._stop(state, f"max_steps reached ({budget.max_steps})")}
+        if index >= task.max_steps:
+            return {**update, **self._stop(state, f"max_steps reached ({task.max_steps})")}
         if budget.deadline_s is not None and time.time() - ctx.started_at >= budget.deadline_s:
             return {**update, **self._stop(state, f"deadline reached ({budget.deadline_s:g}s)")}
 
@@ -261,6 +263,7 @@ class RunGraph:
             **update,
             "decision": decision,
             "instruction": instruction,
+            "messages": messages,
             "plan_step": plan_step,
             "calls": [CallPlan(expert=name, sample=0, params={}) for name in chosen],
             "candidates": None,
@@ -313,8 +316,7 @@ class RunGraph:
         return self._sends(state)
 
     def _sends(self, state: GraphState) -> list[Send]:
-        task = state["task"]
-        messages = build_messages(task, state.get("steps") or [], state["instruction"])
+        messages = state["messages"]
         return [
             Send(
                 "call",
@@ -324,7 +326,7 @@ class RunGraph:
                     "instruction": state["instruction"],
                     "messages": messages,
                     "call": call,
-                    "task_params": task.params,
+                    "task_params": state["task"].params,
                     "deadline_left": self._time_left(state),
                 },
             )
@@ -484,8 +486,7 @@ class RunGraph:
         for g in candidates:
             next_sample[g.expert] = max(next_sample.get(g.expert, 0), g.sample + 1)
         names = [n for n in more.experts if n in self.orch.experts][:calls_left]
-        messages = build_messages(task, state.get("steps") or [], state["instruction"])
-        fitting, _ = self._fit_cost(names, messages, spent, task)
+        fitting, _ = self._fit_cost(names, state["messages"], spent, task)
         plans: list[CallPlan] = []
         for name in fitting:
             sample = next_sample.get(name, 0)

@@ -195,7 +195,7 @@ class LLMRouter(Policy):
             lines.extend(self._block(s) for s in state.steps)
         else:
             lines.append("No step has run yet.")
-        left = state.task.budget.max_steps - state.step_index
+        left = state.task.max_steps - state.step_index
         lines.append("")
         if plan:
             assert state.plan_step is not None

@@ -358,3 +358,12 @@ def test_a_fusers_own_call_counts_in_the_step_and_run_usage(tmp_path: Path) -> N
     step = result.steps[0]
     assert step.result.answer == "12" and step.result.usage.calls == 1
     assert step.usage.calls == 3 and result.usage.cost == pytest.approx(3 * 0.0011)
+
+
+def test_a_plan_longer_than_the_open_task_limit_runs_whole(tmp_path: Path) -> None:
+    orch = Orchestrator([CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path)
+    plan = [PlanStep(instruction=f"What is {i} + 1?") for i in range(12)]
+    result = orch.run(Task(plan=plan))
+    assert len(result.steps) == 12 and result.answer == "12" and result.stop_reason == "plan complete"
+    open_task = orch.as_task("What is 1 + 1?")
+    assert open_task.max_steps == 8
