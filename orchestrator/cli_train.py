@@ -23,6 +23,24 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def parse_shares(pairs: list[str] | None) -> dict[str, float] | None:
+    """``EXPERT=SHARE`` pairs -> a dict (None without any)."""
+    if not pairs:
+        return None
+    out: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise ConfigError(
+                f"--target-share {pair!r}: expected EXPERT=SHARE", field="target-share"
+            )
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from expertgraph.policies.learned import MODEL_KINDS
 
@@ -32,16 +50,46 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Fit a router on routing data (JSONL, LLMRouter, RouteLLM or ZeroEval layout) and "
         "write weights.npz + meta.json to --out. Lambda is calibrated on out-of-fold predictions.",
     )
-    p.add_argument("--data", required=True, help="dataset path (PATH#SUBSET picks a RouteLLM benchmark or ZeroEval task)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset path (PATH#SUBSET picks a RouteLLM benchmark or ZeroEval task)",
+    )
     p.add_argument("--policy", required=True, choices=MODEL_KINDS, help="model kind")
     p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--split", default=None, help="split to train on (LLMRouter: train, the default)")
-    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="hyper-parameter (repeatable), e.g. k=50")
-    p.add_argument("--target-cost", type=float, default=None, help="calibrate lambda to this mean cost on held-back rows")
+    p.add_argument(
+        "--split", default=None, help="split to train on (LLMRouter: train, the default)"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="hyper-parameter (repeatable), e.g. k=50",
+    )
+    p.add_argument(
+        "--target-cost",
+        type=float,
+        default=None,
+        help="calibrate lambda to this mean cost on held-back rows",
+    )
     p.add_argument("--lam", type=float, default=None, help="store this lambda instead")
-    p.add_argument("--folds", type=int, default=5, help="folds for the out-of-fold calibration (0: none)")
-    p.add_argument("--home", default=".expertgraph", help="home folder (embedding cache under cache/embeddings)")
-    p.add_argument("--embedder", default="all-minilm-l6-v2", help="embedder name or local model folder")
+    p.add_argument(
+        "--target-share",
+        action="append",
+        metavar="EXPERT=SHARE",
+        help="calibrate per-expert offsets so each expert gets this share of calls (repeatable)",
+    )
+    p.add_argument(
+        "--folds", type=int, default=5, help="folds for the out-of-fold calibration (0: none)"
+    )
+    p.add_argument(
+        "--home",
+        default=".expertgraph",
+        help="home folder (embedding cache under cache/embeddings)",
+    )
+    p.add_argument(
+        "--embedder", default="all-minilm-l6-v2", help="embedder name or local model folder"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads for embedding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
@@ -64,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         params=parse_params(args.param),
         target_cost=args.target_cost,
         lam=args.lam,
+        target_shares=parse_shares(args.target_share),
         folds=args.folds,
         seed=args.seed,
     )
@@ -79,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
         "sha256": ds.sha256(),
         "embeddings": {"cached": embedder.hits, "computed": embedder.misses},
     }
-    print(f"trained {args.policy} on {ds.name} ({ds.split}, {len(ds)} rows, {len(router.experts)} experts) "
-          f"-> {folder} (lambda {router.lam:.4g})")
+    print(
+        f"trained {args.policy} on {ds.name} ({ds.split}, {len(ds)} rows, {len(router.experts)} experts) "
+        f"-> {folder} (lambda {router.lam:.4g})"
+    )
     if args.json:
         print(json.dumps(summary))
     return 0

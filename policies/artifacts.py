@@ -44,7 +44,9 @@ _NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
 def _dumps(meta: Mapping[str, Any]) -> str:
     """Indented JSON with lists of numbers kept on one line (a curve stays readable)."""
     text = json.dumps(meta, indent=2)
-    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    return _NUMBER_LIST.sub(
+        lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text
+    )
 
 
 @dataclass
@@ -64,17 +66,26 @@ class Artifact:
         return list(self.meta["experts"])
 
 
-def save_artifact(folder: str | Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Path:
+def save_artifact(
+    folder: str | Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> Path:
     """Write ``weights.npz`` and ``meta.json`` into ``folder`` (created if needed).
 
     Each file is written to a temporary name and renamed, so a reader never sees half a file.
     """
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "expertgraph_version": _version(), **meta}
+    full = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "expertgraph_version": _version(),
+        **meta,
+    }
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
-            raise PolicyError(f"artifact array {name!r} has dtype object; only numeric arrays are stored")
+            raise PolicyError(
+                f"artifact array {name!r} has dtype object; only numeric arrays are stored"
+            )
     fd, tmp = tempfile.mkstemp(dir=target, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -99,7 +110,9 @@ def load_artifact(folder: str | Path) -> Artifact:
     source = Path(folder)
     meta_path = source / META_FILE
     if not meta_path.is_file():
-        raise PolicyError(f"{source}: not a trained router (no {META_FILE}); train one with `expertgraph train`")
+        raise PolicyError(
+            f"{source}: not a trained router (no {META_FILE}); train one with `expertgraph train`"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -121,11 +134,15 @@ def load_artifact(folder: str | Path) -> Artifact:
             with np.load(weights, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
         except ValueError as exc:  # e.g. an object array, which would need pickle
-            raise PolicyError(f"{weights}: cannot be read without pickle ({exc}); refusing it") from None
+            raise PolicyError(
+                f"{weights}: cannot be read without pickle ({exc}); refusing it"
+            ) from None
     return Artifact(meta=meta, arrays=arrays, path=source)
 
 
-def check_experts(trained: Iterable[str], configured: Iterable[str], *, where: str = "artifact") -> None:
+def check_experts(
+    trained: Iterable[str], configured: Iterable[str], *, where: str = "artifact"
+) -> None:
     """Refuse an artifact whose experts differ from the configured ones.
 
     ``missing``: trained for but not configured; ``extra``: configured but unknown to the

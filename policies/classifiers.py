@@ -43,7 +43,9 @@ class LogRegModel(ScoringModel):
         self.W: np.ndarray | None = None
         self.b: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> LogRegModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> LogRegModel:
         Xs = self.scaler.fit(np.asarray(X, dtype=np.float64))(np.asarray(X, dtype=np.float64))
         y, mask = masked_targets(np.asarray(Y, dtype=np.float64))
         params = {"W": np.zeros((Xs.shape[1], y.shape[1])), "b": _logit_of_mean(Y)}
@@ -80,14 +82,31 @@ class MLPModel(ScoringModel):
 
     kind = "mlp"
 
-    def __init__(self, hidden: Sequence[int] = (128,), dropout: float = 0.2, lr: float = 1e-3,
-                 weight_decay: float = 1e-2, epochs: int = 60, batch_size: int = 64,
-                 val_fraction: float = 0.1, patience: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self,
+        hidden: Sequence[int] = (128,),
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        epochs: int = 60,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        patience: int = 6,
+        seed: int = 0,
+    ) -> None:
         if not 0 <= dropout < 1:
             raise PolicyError(f"mlp: dropout must be in [0, 1), got {dropout}")
-        super().__init__(hidden=[int(h) for h in hidden], dropout=dropout, lr=lr, weight_decay=weight_decay,
-                         epochs=epochs, batch_size=batch_size, val_fraction=val_fraction,
-                         patience=patience, seed=seed)
+        super().__init__(
+            hidden=[int(h) for h in hidden],
+            dropout=dropout,
+            lr=lr,
+            weight_decay=weight_decay,
+            epochs=epochs,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            seed=seed,
+        )
         self.scaler = Standardizer()
         self.weights: dict[str, np.ndarray] = {}
 
@@ -95,7 +114,9 @@ class MLPModel(ScoringModel):
     def _depth(self) -> int:
         return len(self.params["hidden"]) + 1
 
-    def _forward(self, X: np.ndarray, rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[Any]]:
+    def _forward(
+        self, X: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, list[Any]]:
         h = X
         cache: list[Any] = []
         p = float(self.params["dropout"])
@@ -128,7 +149,9 @@ class MLPModel(ScoringModel):
                 g = g * (a_prev > 0)
         return grads
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> MLPModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> MLPModel:
         rng = np.random.default_rng(int(self.params["seed"]))
         Xf = np.asarray(X, dtype=np.float64)
         Xs = self.scaler.fit(Xf)(Xf)
@@ -143,8 +166,12 @@ class MLPModel(ScoringModel):
         order = rng.permutation(n)
         n_val = int(round(n * float(self.params["val_fraction"]))) if n >= 50 else 0
         val, train = order[:n_val], order[n_val:]
-        opt = Adam(self.weights, lr=float(self.params["lr"]), weight_decay=float(self.params["weight_decay"]),
-                   decay_keys=[k for k in self.weights if k.startswith("W")])
+        opt = Adam(
+            self.weights,
+            lr=float(self.params["lr"]),
+            weight_decay=float(self.params["weight_decay"]),
+            decay_keys=[k for k in self.weights if k.startswith("W")],
+        )
         best = {k: v.copy() for k, v in self.weights.items()}
         best_loss = np.inf
         waited = 0

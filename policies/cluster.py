@@ -21,7 +21,9 @@ from expertgraph.policies.knn import unit_rows
 from expertgraph.policies.learned import ScoringModel, masked_targets
 
 
-def kmeans(X: np.ndarray, k: int, *, iterations: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    X: np.ndarray, k: int, *, iterations: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means on unit rows: ``(centroids (k, d), labels (n,))``."""
     rng = np.random.default_rng(seed)
     n = len(X)
@@ -59,20 +61,39 @@ class ClusterModel(ScoringModel):
     kind = "cluster"
     surface_default = False
 
-    def __init__(self, n_clusters: int = 24, top_p: int = 1, temperature: float = 0.05,
-                 prior: float = 5.0, iterations: int = 50, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_clusters: int = 24,
+        top_p: int = 1,
+        temperature: float = 0.05,
+        prior: float = 5.0,
+        iterations: int = 50,
+        seed: int = 0,
+    ) -> None:
         if n_clusters < 1 or top_p < 1:
             raise PolicyError("cluster: n_clusters and top_p must be >= 1")
-        super().__init__(n_clusters=n_clusters, top_p=top_p, temperature=temperature,
-                         prior=prior, iterations=iterations, seed=seed)
+        super().__init__(
+            n_clusters=n_clusters,
+            top_p=top_p,
+            temperature=temperature,
+            prior=prior,
+            iterations=iterations,
+            seed=seed,
+        )
         self.centroids: np.ndarray | None = None
         self.quality: np.ndarray | None = None
         self.counts: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> ClusterModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> ClusterModel:
         U = unit_rows(X)
-        C, labels = kmeans(U, int(self.params["n_clusters"]), iterations=int(self.params["iterations"]),
-                           seed=int(self.params["seed"]))
+        C, labels = kmeans(
+            U,
+            int(self.params["n_clusters"]),
+            iterations=int(self.params["iterations"]),
+            seed=int(self.params["seed"]),
+        )
         values, mask = masked_targets(np.asarray(Y, dtype=float))
         overall = np.nanmean(np.where(mask > 0, values, np.nan), axis=0)
         overall = np.where(np.isfinite(overall), overall, 0.0)

@@ -28,7 +28,10 @@ def _costs_2d(costs: np.ndarray | Sequence[float], n: int, e: int) -> np.ndarray
 
 
 def utility(
-    quality: np.ndarray, costs: np.ndarray | Sequence[float], lam: float, offsets: np.ndarray | None = None
+    quality: np.ndarray,
+    costs: np.ndarray | Sequence[float],
+    lam: float,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """``quality - lam * cost (+ offsets)``, shape ``(n, E)``; NaN quality stays NaN."""
     q = np.atleast_2d(np.asarray(quality, dtype=float))
@@ -68,8 +71,13 @@ def choose(
     return order[:, :k]
 
 
-def mean_cost(quality: np.ndarray, costs: np.ndarray | Sequence[float], lam: float, k: int = 1,
-              offsets: np.ndarray | None = None) -> float:
+def mean_cost(
+    quality: np.ndarray,
+    costs: np.ndarray | Sequence[float],
+    lam: float,
+    k: int = 1,
+    offsets: np.ndarray | None = None,
+) -> float:
     """The mean per-row cost of :func:`choose` (the sum over the ``k`` chosen experts)."""
     q = np.atleast_2d(np.asarray(quality, dtype=float))
     c = _costs_2d(costs, *q.shape)
@@ -159,7 +167,9 @@ def calibrate_shares(
     else:
         t = np.asarray(target, dtype=float)
     if t.shape != (e,) or np.any(t < 0) or abs(t.sum() - 1.0) > 1e-6:
-        raise PolicyError(f"target shares must be {e} non-negative numbers summing to 1; got {t.tolist()}")
+        raise PolicyError(
+            f"target shares must be {e} non-negative numbers summing to 1; got {t.tolist()}"
+        )
     c = np.zeros((n, e)) if costs is None else _costs_2d(costs, n, e)
     base = q - lam * c
     if e == 2:

@@ -108,7 +108,9 @@ class RoutingDataset:
         Artifacts record it, so a model can be traced back to the exact data it learned from.
         """
         digest = hashlib.sha256()
-        digest.update(json.dumps({"experts": self.experts, "prices": self.prices}, sort_keys=True).encode())
+        digest.update(
+            json.dumps({"experts": self.experts, "prices": self.prices}, sort_keys=True).encode()
+        )
         for ex in self.examples:
             line = json.dumps(
                 {"p": ex.prompt, "s": ex.scores, "c": ex.costs, "t": ex.task}, sort_keys=True
@@ -122,7 +124,9 @@ class RoutingDataset:
         rows = []
         for ex in self.examples:
             if self.prices and not ex.costs:
-                ex = ex.model_copy(update={"costs": {n: self.prices[n] for n in ex.scores if n in self.prices}})
+                ex = ex.model_copy(
+                    update={"costs": {n: self.prices[n] for n in ex.scores if n in self.prices}}
+                )
             rows.append(ex)
         return save_jsonl(rows, path)
 
@@ -226,7 +230,9 @@ def load_llmrouter_dc(root: str | Path, split: str = "train") -> RoutingDataset:
     """
     base = Path(root)
     if split not in LLMROUTER_SPLITS:
-        raise DatasetError(f"llmrouter-dc: unknown split {split!r}; choose one of {', '.join(LLMROUTER_SPLITS)}")
+        raise DatasetError(
+            f"llmrouter-dc: unknown split {split!r}; choose one of {', '.join(LLMROUTER_SPLITS)}"
+        )
     pre = base / "data" / "dcrouter_preprocessed"
     source = "train" if split == "train" else "test"
     raw = _read_json(pre / f"{source}.json")
@@ -350,14 +356,22 @@ def load_routellm(root: str | Path, benchmark: str) -> RoutingDataset:
                         id=f"gsm8k-{i}",
                         prompt=row["prompt"],
                         scores={m: _truth(row[m]) for m in experts},
-                        responses={m: row.get(f"{m}_response", "") for m in experts if row.get(f"{m}_response")},
+                        responses={
+                            m: row.get(f"{m}_response", "")
+                            for m in experts
+                            if row.get(f"{m}_response")
+                        },
                         task="gsm8k",
                     )
                 )
     elif benchmark == "mt-bench":
         folder = base / "mt_bench"
         drop = _contaminated(folder / "contaminated_prompts.jsonl")
-        questions = [json.loads(line) for line in (folder / "question.jsonl").read_text().splitlines() if line.strip()]
+        questions = [
+            json.loads(line)
+            for line in (folder / "question.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
         grades: dict[tuple[str, str], list[float]] = {}
         for line in (folder / "judgements.jsonl").read_text().splitlines():
             if line.strip():
@@ -368,7 +382,9 @@ def load_routellm(root: str | Path, benchmark: str) -> RoutingDataset:
             if any(t in drop for t in turns):
                 continue
             qid = str(q["question_id"])
-            scores = {m: float(np.mean(grades[(qid, m)])) / 10.0 for m in experts if (qid, m) in grades}
+            scores = {
+                m: float(np.mean(grades[(qid, m)])) / 10.0 for m in experts if (qid, m) in grades
+            }
             examples.append(
                 RoutingExample(
                     id=f"mt-bench-{qid}",
@@ -397,7 +413,9 @@ def load_routellm(root: str | Path, benchmark: str) -> RoutingDataset:
 
 
 def _zeroeval_task_dirs(root: Path) -> list[Path]:
-    if any(p.suffix == ".json" and not p.name.endswith(".summary.json") for p in root.glob("*.json")):
+    if any(
+        p.suffix == ".json" and not p.name.endswith(".summary.json") for p in root.glob("*.json")
+    ):
         return [root]
     base = root / "result_dirs" if (root / "result_dirs").is_dir() else root
     return sorted(p for p in base.iterdir() if p.is_dir() and any(p.glob("*.json")))
@@ -416,7 +434,9 @@ def load_zeroeval_folder(root: str | Path, task: str | None = None) -> RoutingDa
     if task is not None:
         dirs = [d for d in dirs if d.name == task]
     if not dirs:
-        raise DatasetError(f"{base}: no <task>/<model>.json folders" + (f" for task {task!r}" if task else ""))
+        raise DatasetError(
+            f"{base}: no <task>/<model>.json folders" + (f" for task {task!r}" if task else "")
+        )
     examples: list[RoutingExample] = []
     for folder in dirs:
         data = load_zeroeval(folder)
@@ -451,7 +471,9 @@ def detect_layout(path: str | Path) -> str:
     )
 
 
-def load_dataset(path: str | Path, *, split: str | None = None, subset: str | None = None) -> RoutingDataset:
+def load_dataset(
+    path: str | Path, *, split: str | None = None, subset: str | None = None
+) -> RoutingDataset:
     """Load any supported layout. ``PATH#SUBSET`` is the same as passing ``subset``.
 
     ``split``: for LLMRouter ``train``/``test``/``dedup`` (default ``train``). ``subset``:
@@ -473,6 +495,8 @@ def load_dataset(path: str | Path, *, split: str | None = None, subset: str | No
         return load_llmrouter_dc(text, split or "train")
     if layout == "routellm":
         if subset is None:
-            raise DatasetError(f"{text}: RouteLLM data needs a benchmark: {', '.join(ROUTELLM_BENCHMARKS)} (PATH#mmlu)")
+            raise DatasetError(
+                f"{text}: RouteLLM data needs a benchmark: {', '.join(ROUTELLM_BENCHMARKS)} (PATH#mmlu)"
+            )
         return load_routellm(text, subset)
     return load_zeroeval_folder(text, subset)

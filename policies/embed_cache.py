@@ -24,7 +24,9 @@ import numpy as np
 from expertgraph.policies.embedder import Embedder
 
 _MERGE_AT = 16
-"""Merge the shards of a folder into one when there are at least this many."""
+"""Merge the small shards of a folder into one when there are at least this many."""
+_SMALL = 256
+"""A shard of at most this many vectors counts as small (online use writes one per prompt)."""
 
 
 def text_key(text: str) -> str:
@@ -45,10 +47,10 @@ class EmbeddingStore:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        # The in-memory index of this store (key -> row of a shard's vectors); it only grows,
-        # under the lock, and mirrors the shards on disk.
+        # The in-memory index of this store (key -> vector); it only grows, under the lock,
+        # and mirrors the shards on disk. _shard_keys: shard file name -> the keys it holds.
         self._index: dict[str, np.ndarray] = {}
-        self._loaded_shards: set[str] = set()
+        self._shard_keys: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def _shards(self) -> list[Path]:
@@ -61,28 +63,34 @@ class EmbeddingStore:
                 vectors = np.asarray(data["vectors"], dtype=np.float32)
         except (OSError, ValueError, KeyError):
             return  # a shard another process is replacing; the next load sees the merged one
-        for key, vector in zip(keys.tolist(), vectors, strict=True):
-            self._index[key if isinstance(key, str) else key.decode()] = vector
-        self._loaded_shards.add(path.name)
+        names = [k if isinstance(k, str) else k.decode() for k in keys.tolist()]
+        for key, vector in zip(names, vectors, strict=True):
+            self._index[key] = vector
+        self._shard_keys[path.name] = names
 
     def refresh(self) -> None:
         """Read the shards written since the last call (by this or another process)."""
         with self._lock:
-            shards = self._shards()
-            for path in shards:
-                if path.name not in self._loaded_shards:
+            for path in self._shards():
+                if path.name not in self._shard_keys:
                     self._read(path)
-            if len(shards) >= _MERGE_AT:
-                self._merge(shards)
+            self._merge_small()
 
-    def _merge(self, shards: list[Path]) -> None:
-        if not self._index:
+    def _merge_small(self) -> None:
+        """Rewrite the small shards as one, so that per-prompt writes do not pile up files.
+
+        Large shards (a dataset embedded at once) are left alone: merging stays cheap. A
+        reader that loses the race with a merge recomputes the vectors it missed.
+        """
+        small = [name for name, keys in self._shard_keys.items() if len(keys) <= _SMALL]
+        if len(small) < _MERGE_AT:
             return
-        merged = self._write(list(self._index), np.stack(list(self._index.values())))
-        for path in shards:
-            if path != merged:
-                path.unlink(missing_ok=True)
-        self._loaded_shards = {merged.name}
+        keys = list(dict.fromkeys(k for name in small for k in self._shard_keys[name]))
+        merged = self._write(keys, np.stack([self._index[k] for k in keys]))
+        for name in small:
+            (self.folder / name).unlink(missing_ok=True)
+            del self._shard_keys[name]
+        self._shard_keys[merged.name] = keys
 
     def _write(self, keys: list[str], vectors: np.ndarray) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +98,9 @@ class EmbeddingStore:
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, keys=np.array(keys, dtype="U64"), vectors=vectors.astype(np.float32))
+                np.savez(
+                    handle, keys=np.array(keys, dtype="U64"), vectors=vectors.astype(np.float32)
+                )
             os.replace(tmp, self.folder / name)
         finally:
             if os.path.exists(tmp):
@@ -110,7 +120,8 @@ class EmbeddingStore:
             path = self._write(keys, np.asarray(vectors, dtype=np.float32))
             for key, vector in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
                 self._index[key] = vector
-            self._loaded_shards.add(path.name)
+            self._shard_keys[path.name] = list(keys)
+            self._merge_small()
 
     def __len__(self) -> int:
         with self._lock:
@@ -139,7 +150,9 @@ class CachedEmbedder:
             self._refreshed = True
         keys = [text_key(t) for t in texts]
         found = self.store.get(keys)
-        missing = sorted({k: i for i, (k, v) in enumerate(zip(keys, found)) if v is None}.values())
+        missing = sorted(
+            {k: i for i, (k, v) in enumerate(zip(keys, found, strict=True)) if v is None}.values()
+        )
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         if missing:

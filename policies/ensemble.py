@@ -24,11 +24,17 @@ class EnsembleModel(ScoringModel):
     kind = "ensemble"
     surface_default = True
 
-    def __init__(self, members: Sequence[Mapping[str, Any]] | None = None, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        members: Sequence[Mapping[str, Any]] | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         spec = [dict(m) for m in (members or DEFAULT_MEMBERS)]
         for m in spec:
             if m.get("kind") in (None, "ensemble"):
-                raise PolicyError(f"ensemble: bad member {m} (a member needs a kind other than ensemble)")
+                raise PolicyError(
+                    f"ensemble: bad member {m} (a member needs a kind other than ensemble)"
+                )
             model_class(str(m["kind"]))
         w = [1.0] * len(spec) if weights is None else [float(x) for x in weights]
         if len(w) != len(spec) or min(w) < 0 or sum(w) <= 0:
@@ -43,7 +49,9 @@ class EnsembleModel(ScoringModel):
     def needs_tasks(self) -> bool:  # type: ignore[override]
         return any(m.needs_tasks for m in self.models)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> EnsembleModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> EnsembleModel:
         for model in self.models:
             model.fit(self._view(model, X), Y, tasks=tasks)
         return self
@@ -63,7 +71,7 @@ class EnsembleModel(ScoringModel):
     def restore(self, arrays: Mapping[str, np.ndarray]) -> None:
         for i, model in enumerate(self.models):
             prefix = f"m{i}."
-            model.restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            model.restore({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
 
     def describe(self) -> dict[str, Any]:
         return {"members": [{"kind": m.kind, **m.describe()} for m in self.models]}

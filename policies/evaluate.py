@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from expertgraph.core.errors import MissingDependencyError, PolicyError
-from expertgraph.policies.cost import calibrate_lambda, choose
+from expertgraph.policies.cost import calibrate_lambda, calibrate_shares, choose
 
 # numpy >= 2 calls it trapezoid; 1.26 only has trapz.
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -40,7 +40,11 @@ class Outcome:
 
 
 def outcome(
-    picked: np.ndarray, scores: np.ndarray, costs: np.ndarray, experts: Sequence[str], combine: str = "max"
+    picked: np.ndarray,
+    scores: np.ndarray,
+    costs: np.ndarray,
+    experts: Sequence[str],
+    combine: str = "max",
 ) -> Outcome:
     """Score and cost of choosing ``picked`` (``(n,)`` or ``(n, k)`` column indices).
 
@@ -73,7 +77,9 @@ def outcome(
     )
 
 
-def baselines(scores: np.ndarray, costs: np.ndarray, experts: Sequence[str]) -> dict[str, dict[str, Any]]:
+def baselines(
+    scores: np.ndarray, costs: np.ndarray, experts: Sequence[str]
+) -> dict[str, dict[str, Any]]:
     """Best single expert, oracle and random on the same rows.
 
     * best_single: the expert with the best mean score on these rows (chosen in hindsight);
@@ -90,16 +96,33 @@ def baselines(scores: np.ndarray, costs: np.ndarray, experts: Sequence[str]) -> 
     oracle = outcome(oracle_pick, scores, costs, experts)
     cheapest = int(np.argmin(mean_costs))
     return {
-        "best_single": {"expert": experts[best], "score": float(means[best]), "cost": float(mean_costs[best])},
+        "best_single": {
+            "expert": experts[best],
+            "score": float(means[best]),
+            "cost": float(mean_costs[best]),
+        },
         "oracle": {"score": oracle.score, "cost": oracle.cost, "mix": oracle.mix},
         "random": {"score": float(np.nanmean(means)), "cost": float(mean_costs.mean())},
-        "cheapest": {"expert": experts[cheapest], "score": float(means[cheapest]), "cost": float(mean_costs[cheapest])},
-        "singles": {e: {"score": float(means[j]), "cost": float(mean_costs[j])} for j, e in enumerate(experts)},
+        "cheapest": {
+            "expert": experts[cheapest],
+            "score": float(means[cheapest]),
+            "cost": float(mean_costs[cheapest]),
+        },
+        "singles": {
+            e: {"score": float(means[j]), "cost": float(mean_costs[j])}
+            for j, e in enumerate(experts)
+        },
     }
 
 
-def per_task_best(train_scores: np.ndarray, train_tasks: Sequence[str | None], eval_scores: np.ndarray,
-                  eval_tasks: Sequence[str | None], costs: np.ndarray, experts: Sequence[str]) -> Outcome:
+def per_task_best(
+    train_scores: np.ndarray,
+    train_tasks: Sequence[str | None],
+    eval_scores: np.ndarray,
+    eval_tasks: Sequence[str | None],
+    costs: np.ndarray,
+    experts: Sequence[str],
+) -> Outcome:
     """Task-level routing: each task's best expert as measured on the training rows."""
     train_means: dict[str | None, np.ndarray] = {}
     tt = np.asarray([str(t) for t in train_tasks])
@@ -113,7 +136,9 @@ def per_task_best(train_scores: np.ndarray, train_tasks: Sequence[str | None], e
 # ----------------------------------------------------------------------------- curves
 
 
-def sweep(quality: np.ndarray, scores: np.ndarray, costs: np.ndarray, points: int = 161) -> list[dict[str, float]]:
+def sweep(
+    quality: np.ndarray, scores: np.ndarray, costs: np.ndarray, points: int = 161
+) -> list[dict[str, float]]:
     """Top-1 choice over a sweep of lambda: ``[{lam, cost, score}]`` from lam = 0 upwards."""
     spread = float(np.max(costs) - np.min(costs)) or 1.0
     lams = np.concatenate([[0.0], np.geomspace(1e-4, 1e3, points - 1) / spread])
@@ -121,8 +146,13 @@ def sweep(quality: np.ndarray, scores: np.ndarray, costs: np.ndarray, points: in
     for lam in lams:
         picked = choose(quality, costs, float(lam))[:, 0]
         rows = np.arange(len(picked))
-        out.append({"lam": float(lam), "cost": float(costs[rows, picked].mean()),
-                    "score": float(np.nanmean(scores[rows, picked]))})
+        out.append(
+            {
+                "lam": float(lam),
+                "cost": float(costs[rows, picked].mean()),
+                "score": float(np.nanmean(scores[rows, picked])),
+            }
+        )
     return out
 
 
@@ -176,7 +206,9 @@ def aiq(points: Sequence[Mapping[str, float]], cost_min: float, cost_max: float)
 # ----------------------------------------------------------------------------- RouteLLM metrics
 
 
-def routellm_curve(win_score: np.ndarray, strong: np.ndarray, weak: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+def routellm_curve(
+    win_score: np.ndarray, strong: np.ndarray, weak: np.ndarray, bins: int = 10
+) -> list[dict[str, float]]:
     """RouteLLM's threshold sweep: ``[{threshold, strong_pct, score}]``.
 
     Thresholds are the edges of ``bins`` equal-count bins of the router's strong-win score
@@ -189,7 +221,13 @@ def routellm_curve(win_score: np.ndarray, strong: np.ndarray, weak: np.ndarray, 
     for i, t in enumerate(edges):
         sel = w >= t if i != len(edges) - 1 else w > t
         score = np.where(sel, strong, weak)
-        out.append({"threshold": float(t), "strong_pct": float(sel.mean() * 100), "score": float(np.mean(score))})
+        out.append(
+            {
+                "threshold": float(t),
+                "strong_pct": float(sel.mean() * 100),
+                "score": float(np.mean(score)),
+            }
+        )
     return out
 
 
@@ -204,14 +242,18 @@ def apgr(curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: 
     return float((auc - weak_auc) / (strong_auc - weak_auc))
 
 
-def cpt(curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: float, pct: float) -> float:
+def cpt(
+    curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: float, pct: float
+) -> float:
     """Call-performance threshold: % strong calls to reach ``pct`` of the gap (RouteLLM's interp)."""
     pts = sorted(curve, key=lambda p: p["strong_pct"])
     target = pct * (strong_score - weak_score) + weak_score
     return float(np.interp(target, [p["score"] for p in pts], [p["strong_pct"] for p in pts]))
 
 
-def two_expert_metrics(win_score: np.ndarray, scores: np.ndarray, strong: int, weak: int) -> dict[str, Any]:
+def two_expert_metrics(
+    win_score: np.ndarray, scores: np.ndarray, strong: int, weak: int
+) -> dict[str, Any]:
     """APGR, CPT(50%), CPT(80%) and the curve for a strong/weak pair."""
     s, w = scores[:, strong], scores[:, weak]
     curve = routellm_curve(win_score, s, w)
@@ -242,8 +284,13 @@ class PolicyReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        out = {"policy": self.policy, "score": self.score, "cost": self.cost,
-               "calls_per_query": self.calls_per_query, "mix": self.mix}
+        out = {
+            "policy": self.policy,
+            "score": self.score,
+            "cost": self.cost,
+            "calls_per_query": self.calls_per_query,
+            "mix": self.mix,
+        }
         if self.lam is not None:
             out["lam"] = self.lam
         if self.aiq is not None:
@@ -261,24 +308,35 @@ def report_for_quality(
     *,
     lam: float | None = None,
     target_cost: float | None = None,
+    target_shares: Mapping[str, float] | None = None,
+    offsets: np.ndarray | None = None,
     k: int = 1,
     combine: str = "max",
 ) -> PolicyReport:
     """Route every row by ``quality - lam * cost``; lam from ``target_cost`` on these prompts.
 
     ``target_cost`` calibrates lambda on the evaluation prompts' predictions only (never their
-    scores): the budget a deployment would set for a known workload.
+    scores): the budget a deployment would set for a known workload. ``target_shares`` does the
+    same for per-expert offsets (a share of calls per expert); ``offsets`` gives them directly.
     """
     if target_cost is not None:
         cal = calibrate_lambda(quality, costs, target_cost, k)
         lam = cal.lam
     lam = float(lam or 0.0)
-    picked = choose(quality, costs, lam, k)
+    if target_shares is not None:
+        unknown = sorted(set(target_shares) - set(experts))
+        if unknown:
+            raise PolicyError(f"target shares name unknown experts: {', '.join(unknown)}")
+        wanted = [float(target_shares.get(e, 0.0)) for e in experts]
+        offsets = calibrate_shares(quality, wanted, costs=costs, lam=lam)
+    picked = choose(quality, costs, lam, k, offsets=offsets)
     out = outcome(picked, scores, costs, experts, combine)
     curve = sweep(quality, scores, costs)
     lo, hi = float(costs.mean(axis=0).min()), float(costs.mean(axis=0).max())
     value = aiq(curve, lo, hi) if hi > lo else None
-    return PolicyReport(name, out.score, out.cost, out.calls_per_query, out.mix, lam=lam, aiq=value, curve=curve)
+    return PolicyReport(
+        name, out.score, out.cost, out.calls_per_query, out.mix, lam=lam, aiq=value, curve=curve
+    )
 
 
 def plot_pareto(
@@ -341,6 +399,7 @@ def evaluate(
     cv: int | None = None,
     lam: float | None = None,
     target_cost: float | None = None,
+    target_shares: Mapping[str, float] | None = None,
     k: int = 1,
     params: Mapping[str, Any] | None = None,
     embedder: Any = None,
@@ -377,6 +436,7 @@ def evaluate(
     S, C, experts = ds.scores(), ds.costs(), ds.experts
     n, e = S.shape
     quality: np.ndarray | None = None
+    artifact_offsets: np.ndarray | None = None
     picked: np.ndarray | None = None
     win: np.ndarray | None = None
     trained_on: str | None = None
@@ -392,7 +452,8 @@ def evaluate(
     if policy_path.is_dir():
         router = LearnedRouter.load(policy_path, experts=experts, embedder=embedder, home=home)
         quality = router.predict_quality(ds.prompts)
-        lam = router.lam if lam is None and target_cost is None else lam
+        if lam is None and target_cost is None and target_shares is None:
+            lam, artifact_offsets = router.lam, router.offset_vector()
         name = f"{router.name}:{policy_path.name}"
     elif policy in MODEL_KINDS:
         name = policy
@@ -401,14 +462,18 @@ def evaluate(
         surface = model.surface_default
 
         def feats(rows: Any) -> np.ndarray:
-            return Featurizer.combine(featurizer.embed(rows.prompts), Featurizer.surface(rows.prompts), surface)
+            return Featurizer.combine(
+                featurizer.embed(rows.prompts), Featurizer.surface(rows.prompts), surface
+            )
 
         if cv:
             quality = out_of_fold(policy, params, feats(ds), S, cv, tasks=ds.tasks, seed=seed)
             trained_on = f"{cv}-fold cross-validation on the evaluation rows"
         elif layout == "llmrouter-dc" and split != train_split:
             train = load_dataset(text, split=train_split, subset=subset)
-            quality = fit_predict(policy, params, feats(train), train.scores(), feats(ds), train.tasks)
+            quality = fit_predict(
+                policy, params, feats(train), train.scores(), feats(ds), train.tasks
+            )
             trained_on = f"{train.name} split {train_split} ({len(train)} rows)"
         else:
             raise PolicyError(
@@ -423,7 +488,9 @@ def evaluate(
             win = rng.random(n)
         elif policy == "oracle":
             filled = np.where(np.isnan(S), -np.inf, S)
-            picked = np.argmin(np.where(filled >= filled.max(axis=1, keepdims=True) - 1e-12, C, np.inf), axis=1)
+            picked = np.argmin(
+                np.where(filled >= filled.max(axis=1, keepdims=True) - 1e-12, C, np.inf), axis=1
+            )
         elif policy == "best-single":
             picked = np.full(n, int(np.nanargmax(means)))
         elif policy == "cheapest":
@@ -431,7 +498,9 @@ def evaluate(
         else:
             expert = policy.split(":", 1)[1]
             if expert not in experts:
-                raise PolicyError(f"fixed:{expert}: not an expert of this data; experts: {', '.join(experts)}")
+                raise PolicyError(
+                    f"fixed:{expert}: not an expert of this data; experts: {', '.join(experts)}"
+                )
             picked = np.full(n, experts.index(expert))
     else:
         raise PolicyError(
@@ -442,7 +511,18 @@ def evaluate(
     base = baselines(S, C, experts)
     result: dict[str, Any] = {"dataset": ds.name, "split": ds.split, "n": n}
     if quality is not None:
-        rep = report_for_quality(name, quality, S, C, experts, lam=lam, target_cost=target_cost, k=k)
+        rep = report_for_quality(
+            name,
+            quality,
+            S,
+            C,
+            experts,
+            lam=lam,
+            target_cost=target_cost,
+            target_shares=target_shares,
+            offsets=artifact_offsets,
+            k=k,
+        )
         result.update(rep.summary())
         if trained_on:
             result["trained_on"] = trained_on
@@ -450,8 +530,15 @@ def evaluate(
     else:
         assert picked is not None
         out = outcome(picked, S, C, experts)
-        result.update({"policy": name, "score": out.score, "cost": out.cost,
-                       "calls_per_query": out.calls_per_query, "mix": out.mix})
+        result.update(
+            {
+                "policy": name,
+                "score": out.score,
+                "cost": out.cost,
+                "calls_per_query": out.calls_per_query,
+                "mix": out.mix,
+            }
+        )
         curve = []
     result["baselines"] = {
         "best_single": base["best_single"],
@@ -467,9 +554,23 @@ def evaluate(
             win = quality[:, strong] - quality[:, weak]
         if win is not None:
             tm = two_expert_metrics(win, S, strong, weak)
-            result.update({"apgr": tm["apgr"], "cpt50": tm["cpt50"], "cpt80": tm["cpt80"], "strong": strong_name})
+            result.update(
+                {
+                    "apgr": tm["apgr"],
+                    "cpt50": tm["cpt50"],
+                    "cpt80": tm["cpt80"],
+                    "strong": strong_name,
+                }
+            )
     if plot is not None and curve:
         singles = base["singles"]
-        result["plot"] = str(plot_pareto(plot, {name: curve}, singles, title=f"{ds.name} ({ds.split}, n={n})",
-                                         cost_label=f"mean cost ({ds.cost_unit or 'none'})"))
+        result["plot"] = str(
+            plot_pareto(
+                plot,
+                {name: curve},
+                singles,
+                title=f"{ds.name} ({ds.split}, n={n})",
+                cost_label=f"mean cost ({ds.cost_unit or 'none'})",
+            )
+        )
     return result

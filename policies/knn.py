@@ -53,7 +53,9 @@ class KNNModel(ScoringModel):
         self.X: np.ndarray | None = None
         self.Y: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> KNNModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> KNNModel:
         self.X = unit_rows(X)
         self.Y = np.asarray(Y, dtype=np.float32)
         return self
@@ -67,7 +69,11 @@ class KNNModel(ScoringModel):
         sim_out = np.empty((len(Q), k), dtype=np.float32)
         for start in range(0, len(Q), _CHUNK):
             sims = Q[start : start + _CHUNK] @ self.X.T
-            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(k), (len(sims), 1))
+            idx = (
+                np.argpartition(-sims, k - 1, axis=1)[:, :k]
+                if k < sims.shape[1]
+                else np.tile(np.arange(k), (len(sims), 1))
+            )
             part = np.take_along_axis(sims, idx, axis=1)
             order = np.argsort(-part, axis=1, kind="stable")
             idx_out[start : start + len(sims)] = np.take_along_axis(idx, order, axis=1)
@@ -78,7 +84,9 @@ class KNNModel(ScoringModel):
         if self.X is None or self.Y is None:
             raise PolicyError("knn: predict before fit")
         idx, sims = self.neighbours(X)
-        w = neighbour_weights(sims.astype(np.float64), self.params["weighting"], float(self.params["temperature"]))
+        w = neighbour_weights(
+            sims.astype(np.float64), self.params["weighting"], float(self.params["temperature"])
+        )
         values, mask = masked_targets(self.Y.astype(np.float64))
         num = np.einsum("nk,nke->ne", w, values[idx])
         den = np.einsum("nk,nke->ne", w, mask[idx])

@@ -31,7 +31,7 @@ from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import Decision
 from expertgraph.policies.artifacts import check_experts, load_artifact, save_artifact
 from expertgraph.policies.base import Policy, RoutingState, finish_decision, next_instruction
-from expertgraph.policies.cost import calibrate_lambda, choose, utility
+from expertgraph.policies.cost import calibrate_lambda, calibrate_shares, choose, shares, utility
 from expertgraph.policies.embedder import BUNDLED_EMBEDDER, Embedder
 
 SURFACE_VERSION = 1
@@ -80,7 +80,9 @@ class Featurizer:
 
     @staticmethod
     def surface(prompts: Sequence[str]) -> np.ndarray:
-        return np.asarray([surface_features(p) for p in prompts], dtype=np.float32).reshape(-1, N_SURFACE)
+        return np.asarray([surface_features(p) for p in prompts], dtype=np.float32).reshape(
+            -1, N_SURFACE
+        )
 
     @staticmethod
     def combine(embeddings: np.ndarray, surface: np.ndarray, use_surface: bool) -> np.ndarray:
@@ -108,7 +110,9 @@ class ScoringModel(ABC):
         self.params: dict[str, Any] = dict(params)
 
     @abstractmethod
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> ScoringModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> ScoringModel:
         """Learn from features ``X`` (n, d) and scores ``Y`` (n, E)."""
 
     @abstractmethod
@@ -174,9 +178,15 @@ def masked_targets(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Adam:
     """Adam (with decoupled weight decay) over a dict of numpy parameters."""
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 decay_keys: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        params: dict[str, np.ndarray],
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        decay_keys: Sequence[str] | None = None,
+    ) -> None:
         self.params = params
         self.lr = lr
         self.wd = weight_decay
@@ -220,7 +230,9 @@ class Standardizer:
 # ----------------------------------------------------------------------------- the policy
 
 
-def _curve(quality: np.ndarray, Y: np.ndarray, costs: np.ndarray, points: int = 121) -> list[list[float]]:
+def _curve(
+    quality: np.ndarray, Y: np.ndarray, costs: np.ndarray, points: int = 121
+) -> list[list[float]]:
     """``[lam, mean cost, mean score]`` of top-1 choice over a sweep of lambda."""
     c2 = np.broadcast_to(costs, quality.shape)
     spread = float(np.max(costs) - np.min(costs)) or 1.0
@@ -259,6 +271,7 @@ class LearnedRouter(Policy):
         avoid_failing: bool = True,
         curve: list[list[float]] | None = None,
         meta: Mapping[str, Any] | None = None,
+        offsets: Mapping[str, float] | None = None,
     ) -> None:
         self.model = model
         self.experts = list(experts)
@@ -271,6 +284,8 @@ class LearnedRouter(Policy):
         self.curve = curve or []
         self.meta = dict(meta or {})
         self.name = model.kind
+        self.offsets = {n: float((offsets or {}).get(n, 0.0)) for n in self.experts}
+        """Per-expert utility offsets from a share calibration (0 for none)."""
 
     # -- predictions ---------------------------------------------------------------------
 
@@ -286,6 +301,10 @@ class LearnedRouter(Policy):
 
     def cost_vector(self) -> np.ndarray:
         return np.array([self.costs[n] for n in self.experts], dtype=float)
+
+    def offset_vector(self) -> np.ndarray | None:
+        values = np.array([self.offsets[n] for n in self.experts], dtype=float)
+        return values if np.any(values) else None
 
     def lam_for_cost(self, target_cost: float) -> float:
         """The lambda that met ``target_cost`` on held-back rows at training time."""
@@ -316,7 +335,8 @@ class LearnedRouter(Policy):
                 f"known to this router ({', '.join(self.experts)})"
             )
         failing = {
-            v.name for v in known
+            v.name
+            for v in known
             if self.avoid_failing and v.health.calls and v.health.errors == v.health.calls
         }
         pool = [v.name for v in known if v.name not in failing] or [v.name for v in known]
@@ -324,15 +344,19 @@ class LearnedRouter(Policy):
         costs = self.cost_vector()
         allowed = np.array([n in pool for n in self.experts])
         k = max(1, self.top_k or state.k)
-        picked = choose(quality[None, :], costs, self.lam, k, allowed=allowed)[0]
+        offsets = self.offset_vector()
+        picked = choose(quality[None, :], costs, self.lam, k, allowed=allowed, offsets=offsets)[0]
         chosen = [self.experts[j] for j in picked if allowed[j]][:k]
-        util = utility(quality[None, :], costs, self.lam)[0]
-        scores = {n: float(util[j]) for j, n in enumerate(self.experts) if n in {v.name for v in known}}
+        util = utility(quality[None, :], costs, self.lam, offsets)[0]
+        scores = {
+            n: float(util[j]) for j, n in enumerate(self.experts) if n in {v.name for v in known}
+        }
         ranked = sorted(scores, key=lambda n: scores[n], reverse=True)
         detail = ", ".join(
             f"{n} q={quality[self.experts.index(n)]:.3f} c={self.costs[n]:.3g}" for n in ranked[:4]
         )
-        rationale = f"{self.name}: top-{len(chosen)} by quality - {self.lam:.3g}*cost ({detail})"
+        rule = f"quality - {self.lam:.3g}*cost" + (" + share offset" if offsets is not None else "")
+        rationale = f"{self.name}: top-{len(chosen)} by {rule} ({detail})"
         if failing:
             rationale += f"; routed around failing experts: {', '.join(sorted(failing))}"
         unknown = [v.name for v in views if v.name not in self.costs]
@@ -361,11 +385,16 @@ class LearnedRouter(Policy):
             "kind": self.model.kind,
             "experts": self.experts,
             "embedder": getattr(self.featurizer.embedder, "name", BUNDLED_EMBEDDER),
-            "features": {"embedding": True, "surface": self.surface, "surface_version": SURFACE_VERSION},
+            "features": {
+                "embedding": True,
+                "surface": self.surface,
+                "surface_version": SURFACE_VERSION,
+            },
             "params": self.model.params,
             "model": self.model.describe(),
             "costs": self.costs,
             "lam": self.lam,
+            "offsets": self.offsets,
             "training": self.meta.get("training", {}),
             "calibration": {
                 **{k: v for k, v in self.meta.get("calibration", {}).items() if k != "curve"},
@@ -401,7 +430,9 @@ class LearnedRouter(Policy):
             check_experts(art.experts, experts, where=f"router artifact {folder}")
         features = art.meta.get("features", {})
         if int(features.get("surface_version", SURFACE_VERSION)) != SURFACE_VERSION:
-            raise PolicyError(f"{folder}: surface features v{features.get('surface_version')} are not supported")
+            raise PolicyError(
+                f"{folder}: surface features v{features.get('surface_version')} are not supported"
+            )
         recorded = str(art.meta.get("embedder", BUNDLED_EMBEDDER))
         if embedder is None:
             embedder = _default_embedder(recorded, home)
@@ -421,9 +452,12 @@ class LearnedRouter(Policy):
             top_k=top_k,
             curve=art.meta.get("calibration", {}).get("curve", []),
             meta={k: art.meta[k] for k in ("training", "calibration") if k in art.meta},
+            offsets=art.meta.get("offsets"),
         )
         if lam is not None and target_cost is not None:
             raise PolicyError("give lam or target_cost, not both")
+        if lam is not None or target_cost is not None:
+            router.offsets = dict.fromkeys(router.experts, 0.0)  # a new cost rule replaces shares
         if lam is not None:
             router.lam = float(lam)
         elif target_cost is not None:
@@ -495,14 +529,24 @@ def train_router(
     surface: bool | None = None,
     target_cost: float | None = None,
     lam: float | None = None,
+    target_shares: Mapping[str, float] | None = None,
     folds: int = 5,
     seed: int = 0,
 ) -> LearnedRouter:
     """Train a router of ``kind`` on a :class:`RoutingDataset`.
 
-    With ``folds`` >= 2 the cost/quality curve (and the lambda for ``target_cost``) comes
+    With ``folds`` >= 2 the cost/quality curve (and the lambda for ``target_cost``, or the
+    per-expert offsets for ``target_shares``: expert -> share of calls, summing to 1) comes
     from out-of-fold predictions, so calibration never sees a row its model trained on.
     """
+    if sum(x is not None for x in (target_cost, lam, target_shares)) > 1:
+        raise PolicyError("give one of target_cost, lam, target_shares")
+    if target_shares is not None:
+        unknown = sorted(set(target_shares) - set(dataset.experts))
+        if unknown:
+            raise PolicyError(
+                f"target_shares names experts the data does not have: {', '.join(unknown)}"
+            )
     model = make_model(kind, params)
     use_surface = model.surface_default if surface is None else surface
     if kind == "ensemble" and not use_surface:
@@ -519,16 +563,32 @@ def train_router(
     cost_by_expert = {n: float(np.mean(C[:, j])) for j, n in enumerate(dataset.experts)}
     curve: list[list[float]] = []
     calibration: dict[str, Any] = {}
+    offsets: dict[str, float] | None = None
     if folds and folds >= 2 and len(dataset) >= folds * 2:
         held = out_of_fold(kind, params, X, Y, folds, tasks=tasks, seed=seed)
         curve = _curve(held, Y, C.mean(axis=0))
         calibration = {"folds": folds, "source": "out-of-fold predictions on the training rows"}
         if target_cost is not None:
             cal = calibrate_lambda(held, C, target_cost)
-            calibration.update({"target_cost": target_cost, "met": cal.met, "mean_cost": cal.mean_cost})
+            calibration.update(
+                {"target_cost": target_cost, "met": cal.met, "mean_cost": cal.mean_cost}
+            )
             lam = cal.lam
-    elif target_cost is not None:
-        raise PolicyError("target_cost needs held-back data: train with folds >= 2")
+        if target_shares is not None:
+            wanted = [float(target_shares.get(n, 0.0)) for n in dataset.experts]
+            found = calibrate_shares(held, wanted)
+            offsets = dict(zip(dataset.experts, found.tolist(), strict=True))
+            got = shares(choose(held, np.zeros(len(wanted)), 0.0, offsets=found), len(wanted))
+            calibration.update(
+                {
+                    "target_shares": dict(zip(dataset.experts, wanted, strict=True)),
+                    "shares": dict(zip(dataset.experts, got.tolist(), strict=True)),
+                }
+            )
+    elif target_cost is not None or target_shares is not None:
+        raise PolicyError(
+            "target_cost and target_shares need held-back data: train with folds >= 2"
+        )
     router = LearnedRouter(
         model,
         dataset.experts,
@@ -537,6 +597,7 @@ def train_router(
         costs=cost_by_expert,
         lam=lam or 0.0,
         curve=curve,
+        offsets=offsets,
         meta={
             "training": {
                 "dataset": dataset.name,
@@ -544,7 +605,7 @@ def train_router(
                 "n": len(dataset),
                 "sha256": dataset.sha256(),
                 "cost_unit": dataset.cost_unit,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "seed": seed,
             },
             "calibration": calibration,

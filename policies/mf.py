@@ -23,7 +23,9 @@ from expertgraph.policies.classifiers import _logit_of_mean, soft_bce
 from expertgraph.policies.learned import Adam, ScoringModel, Standardizer, masked_targets, sigmoid
 
 
-def pairwise_loss(delta: np.ndarray, y: np.ndarray, mask: np.ndarray, margin: float) -> tuple[float, np.ndarray]:
+def pairwise_loss(
+    delta: np.ndarray, y: np.ndarray, mask: np.ndarray, margin: float
+) -> tuple[float, np.ndarray]:
     """Bradley-Terry loss over the pairs (i better than j) of each row, and its gradient."""
     diff = delta[:, :, None] - delta[:, None, :]
     valid = (mask[:, :, None] * mask[:, None, :]) * ((y[:, :, None] - y[:, None, :]) > margin)
@@ -39,14 +41,33 @@ class MFModel(ScoringModel):
 
     kind = "mf"
 
-    def __init__(self, dim: int = 64, pairwise: float = 1.0, margin: float = 0.0, lr: float = 2e-3,
-                 weight_decay: float = 1e-2, epochs: int = 40, batch_size: int = 128,
-                 val_fraction: float = 0.1, patience: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        pairwise: float = 1.0,
+        margin: float = 0.0,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-2,
+        epochs: int = 40,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        patience: int = 5,
+        seed: int = 0,
+    ) -> None:
         if dim < 1:
             raise PolicyError(f"mf: dim must be >= 1, got {dim}")
-        super().__init__(dim=dim, pairwise=pairwise, margin=margin, lr=lr, weight_decay=weight_decay,
-                         epochs=epochs, batch_size=batch_size, val_fraction=val_fraction,
-                         patience=patience, seed=seed)
+        super().__init__(
+            dim=dim,
+            pairwise=pairwise,
+            margin=margin,
+            lr=lr,
+            weight_decay=weight_decay,
+            epochs=epochs,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            seed=seed,
+        )
         self.scaler = Standardizer()
         self.weights: dict[str, np.ndarray] = {}
 
@@ -54,7 +75,9 @@ class MFModel(ScoringModel):
         P = Xs @ self.weights["W"] + self.weights["b"]
         return P @ self.weights["U"].T + self.weights["c"], P
 
-    def _loss_grad(self, Xs: np.ndarray, y: np.ndarray, mask: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def _loss_grad(
+        self, Xs: np.ndarray, y: np.ndarray, mask: np.ndarray
+    ) -> tuple[float, dict[str, np.ndarray]]:
         delta, P = self._delta(Xs)
         point, g = soft_bce(delta, y, mask)
         loss = point
@@ -66,7 +89,9 @@ class MFModel(ScoringModel):
         gP = g @ self.weights["U"]
         return loss, {"U": g.T @ P, "c": g.sum(axis=0), "W": Xs.T @ gP, "b": gP.sum(axis=0)}
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> MFModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> MFModel:
         rng = np.random.default_rng(int(self.params["seed"]))
         Xf = np.asarray(X, dtype=np.float64)
         Xs = self.scaler.fit(Xf)(Xf)
@@ -78,8 +103,12 @@ class MFModel(ScoringModel):
             "U": rng.normal(0, 0.1, (e, dim)),
             "c": _logit_of_mean(Y),
         }
-        opt = Adam(self.weights, lr=float(self.params["lr"]), weight_decay=float(self.params["weight_decay"]),
-                   decay_keys=["W", "U"])
+        opt = Adam(
+            self.weights,
+            lr=float(self.params["lr"]),
+            weight_decay=float(self.params["weight_decay"]),
+            decay_keys=["W", "U"],
+        )
         n = len(Xs)
         order = rng.permutation(n)
         n_val = int(round(n * float(self.params["val_fraction"]))) if n >= 50 else 0

@@ -29,7 +29,9 @@ class TaskModel(ScoringModel):
     kind = "task"
     needs_tasks = True
 
-    def __init__(self, l2: float = 1e-2, lr: float = 0.05, steps: int = 400, prior: float = 5.0) -> None:
+    def __init__(
+        self, l2: float = 1e-2, lr: float = 0.05, steps: int = 400, prior: float = 5.0
+    ) -> None:
         super().__init__(l2=l2, lr=lr, steps=steps, prior=prior)
         self.scaler = Standardizer()
         self.W: np.ndarray | None = None
@@ -37,7 +39,9 @@ class TaskModel(ScoringModel):
         self.table: np.ndarray | None = None
         self.classes: list[str] = []
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None) -> TaskModel:
+    def fit(
+        self, X: np.ndarray, Y: np.ndarray, *, tasks: Sequence[str | None] | None = None
+    ) -> TaskModel:
         if tasks is None or not any(t for t in tasks):
             raise PolicyError("task: the training rows carry no task labels")
         labelled = np.array([t is not None and t != "" for t in tasks])
@@ -79,7 +83,13 @@ class TaskModel(ScoringModel):
 
     def arrays(self) -> dict[str, np.ndarray]:
         assert self.W is not None and self.b is not None and self.table is not None
-        return {"W": self.W, "b": self.b, "table": self.table, "mu": self.scaler.mu, "sd": self.scaler.sd}  # type: ignore[dict-item]
+        return {
+            "W": self.W,
+            "b": self.b,
+            "table": self.table,
+            "mu": self.scaler.mu,
+            "sd": self.scaler.sd,
+        }  # type: ignore[dict-item]
 
     def restore(self, arrays: Mapping[str, np.ndarray]) -> None:
         self.W, self.b, self.table = (np.asarray(arrays[k]) for k in ("W", "b", "table"))

@@ -31,8 +31,12 @@ ZEROEVAL = DATA / "zeroeval"
 
 def rows() -> list[RoutingExample]:
     return [
-        RoutingExample(id="a", prompt="2+2?", scores={"x": 1.0, "y": 0.0}, costs={"x": 0.5}, task="math"),
-        RoutingExample(id="b", prompt="Capital of Peru?", scores={"y": 1.0, "z": 0.25}, responses={"y": "Lima"}),
+        RoutingExample(
+            id="a", prompt="2+2?", scores={"x": 1.0, "y": 0.0}, costs={"x": 0.5}, task="math"
+        ),
+        RoutingExample(
+            id="b", prompt="Capital of Peru?", scores={"y": 1.0, "z": 0.25}, responses={"y": "Lima"}
+        ),
     ]
 
 
@@ -51,7 +55,9 @@ def test_jsonl_round_trip_matrices_and_hash(tmp_path: Path) -> None:
     same = from_examples(load_jsonl(path))
     same.prices = dict(ds.prices)
     assert same.sha256() == ds.sha256()
-    changed = from_examples([rows()[0], rows()[1].model_copy(update={"scores": {"y": 0.0, "z": 0.25}})])
+    changed = from_examples(
+        [rows()[0], rows()[1].model_copy(update={"scores": {"y": 0.0, "z": 0.25}})]
+    )
     changed.prices = dict(ds.prices)
     assert changed.sha256() != ds.sha256()
     sub = ds.subset([1], split="held")
@@ -60,7 +66,9 @@ def test_jsonl_round_trip_matrices_and_hash(tmp_path: Path) -> None:
 
 def test_bad_rows_are_reported_with_their_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text(rows()[0].model_dump_json() + "\n" + json.dumps({"id": "b", "prompt": "p"}) + "\n")
+    path.write_text(
+        rows()[0].model_dump_json() + "\n" + json.dumps({"id": "b", "prompt": "p"}) + "\n"
+    )
     with pytest.raises(DatasetError, match=r"bad.jsonl:2: scores"):
         load_jsonl(path)
     with pytest.raises(DatasetError, match="no such file"):
@@ -71,7 +79,10 @@ def test_bad_rows_are_reported_with_their_line(tmp_path: Path) -> None:
 
 
 def test_jsonl_split_filter(tmp_path: Path) -> None:
-    tagged = [r.model_copy(update={"meta": {"split": s}}) for r, s in zip(rows(), ["train", "test"], strict=True)]
+    tagged = [
+        r.model_copy(update={"meta": {"split": s}})
+        for r, s in zip(rows(), ["train", "test"], strict=True)
+    ]
     path = save_jsonl(tagged, tmp_path / "t.jsonl")
     assert load_dataset(path, split="test").prompts == ["Capital of Peru?"]
     with pytest.raises(DatasetError, match="meta.split == 'dev'"):
@@ -95,12 +106,18 @@ def test_llmrouter_splits_tasks_and_prices() -> None:
     assert ds_train.experts == ds_test.experts == ds_dedup.experts == list(train[0]["scores"])
     # scores exactly as stored
     j = ds_dedup.experts.index("gemma-2-9b-it")
-    assert ds_dedup.scores()[:, j].tolist() == [float(r["scores"]["gemma-2-9b-it"]) for r in expected_dedup]
+    assert ds_dedup.scores()[:, j].tolist() == [
+        float(r["scores"]["gemma-2-9b-it"]) for r in expected_dedup
+    ]
     # every scored query joins a task; price is the mean of input and output price per 1M tokens
     assert all(t for t in ds_train.tasks) and all(t for t in ds_dedup.tasks)
-    llms = json.loads((LLMROUTER / "data" / "example_data" / "llm_candidates" / "default_llm.json").read_text())
+    llms = json.loads(
+        (LLMROUTER / "data" / "example_data" / "llm_candidates" / "default_llm.json").read_text()
+    )
     for name in ds_train.experts:
-        assert ds_train.prices[name] == pytest.approx((llms[name]["input_price"] + llms[name]["output_price"]) / 2)
+        assert ds_train.prices[name] == pytest.approx(
+            (llms[name]["input_price"] + llms[name]["output_price"]) / 2
+        )
     assert "1M tokens" in ds_train.cost_unit
     with pytest.raises(DatasetError, match="unknown split 'val'"):
         load_dataset(LLMROUTER, split="val")
@@ -113,7 +130,9 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 def _contaminated(name: str) -> set[str]:
     path = ROUTELLM / "routellm" / "evals" / name / "contaminated_prompts.jsonl"
-    return {json.loads(line)["eval_prompt"] for line in path.read_text().splitlines() if line.strip()}
+    return {
+        json.loads(line)["eval_prompt"] for line in path.read_text().splitlines() if line.strip()
+    }
 
 
 def test_routellm_gsm8k_is_decontaminated_with_strong_weak_costs() -> None:
@@ -136,13 +155,20 @@ def test_routellm_mmlu_and_mt_bench() -> None:
     total = sum(1 for f in files for r in _csv_rows(f) if r["prompt"] not in drop)
     mmlu = load_dataset(ROUTELLM, subset="mmlu")
     assert len(mmlu) == total and len(set(mmlu.tasks)) == len(files)
-    questions = [json.loads(x) for x in (ROUTELLM / "routellm" / "evals" / "mt_bench" / "question.jsonl").read_text().splitlines()]
+    questions = [
+        json.loads(x)
+        for x in (ROUTELLM / "routellm" / "evals" / "mt_bench" / "question.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     mt_drop = _contaminated("mt_bench")
     mt = load_dataset(f"{ROUTELLM}#mt-bench")
     assert len(mt) == sum(1 for q in questions if not any(t in mt_drop for t in q["turns"]))
     s = mt.scores()
     assert np.all((s >= 0.1) & (s <= 1.0))  # grades 1..10 scaled to 0.1..1
-    assert mt.prompts[0] == next(q["turns"][0] for q in questions if not any(t in mt_drop for t in q["turns"]))
+    assert mt.prompts[0] == next(
+        q["turns"][0] for q in questions if not any(t in mt_drop for t in q["turns"])
+    )
     with pytest.raises(DatasetError, match="needs a benchmark"):
         load_dataset(ROUTELLM)
     with pytest.raises(DatasetError, match="unknown benchmark"):
@@ -150,16 +176,29 @@ def test_routellm_mmlu_and_mt_bench() -> None:
 
 
 def _zeroeval_record(qid: int, question: str, gold: str, reply: str) -> dict:
-    return {"session_id": f"s{qid}", "id": qid, "question": question, "answer": gold, "output": [reply],
-            "chat_history": [question], "generator": "m"}
+    return {
+        "session_id": f"s{qid}",
+        "id": qid,
+        "question": question,
+        "answer": gold,
+        "output": [reply],
+        "chat_history": [question],
+        "generator": "m",
+    }
 
 
 def test_zeroeval_style_folder_built_here(tmp_path: Path) -> None:
     task = tmp_path / "result_dirs" / "arith"
     task.mkdir(parents=True)
     qs = [("What is 2+3?", "# 5"), ("What is 10*4?", "# 40"), ("What is 9-1?", "# 8")]
-    good = [_zeroeval_record(i, q, g, json.dumps({"reasoning": "...", "answer": g.strip("# ")})) for i, (q, g) in enumerate(qs)]
-    bad = [_zeroeval_record(i, q, g, json.dumps({"reasoning": "...", "answer": "7"})) for i, (q, g) in enumerate(qs)]
+    good = [
+        _zeroeval_record(i, q, g, json.dumps({"reasoning": "...", "answer": g.strip("# ")}))
+        for i, (q, g) in enumerate(qs)
+    ]
+    bad = [
+        _zeroeval_record(i, q, g, json.dumps({"reasoning": "...", "answer": "7"}))
+        for i, (q, g) in enumerate(qs)
+    ]
     (task / "good-model.json").write_text(json.dumps(good))
     (task / "bad-model.json").write_text(json.dumps(bad))
     assert detect_layout(tmp_path) == "zeroeval"
@@ -178,7 +217,9 @@ def test_zeroeval_shared_gsm_matches_the_parser() -> None:
     ref = load_zeroeval(ZEROEVAL / "result_dirs" / "gsm")
     assert len(ds) == ref.n and set(ds.experts) == set(ref.models)
     for m in ref.models[:3]:
-        assert ds.scores()[:, ds.experts.index(m)].mean() == pytest.approx(ref.correct[ref.model_index(m)].mean())
+        assert ds.scores()[:, ds.experts.index(m)].mean() == pytest.approx(
+            ref.correct[ref.model_index(m)].mean()
+        )
 
 
 def test_save_jsonl_writes_prices_into_rows(tmp_path: Path) -> None:
@@ -186,6 +227,10 @@ def test_save_jsonl_writes_prices_into_rows(tmp_path: Path) -> None:
     path = ds.save_jsonl(tmp_path / "out.jsonl")
     back = load_jsonl(path)[0]
     assert back.costs == {"x": 0.5}  # the row's own cost kept
-    ds2 = RoutingDataset(name="d", experts=["x", "y"], examples=[rows()[0].model_copy(update={"costs": {}})],
-                         prices={"x": 0.3, "y": 0.1})
+    ds2 = RoutingDataset(
+        name="d",
+        experts=["x", "y"],
+        examples=[rows()[0].model_copy(update={"costs": {}})],
+        prices={"x": 0.3, "y": 0.1},
+    )
     assert load_jsonl(ds2.save_jsonl(tmp_path / "o2.jsonl"))[0].costs == {"x": 0.3, "y": 0.1}

@@ -10,7 +10,14 @@ import pytest
 
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import RoutingExample
-from expertgraph.policies.cost import calibrate_lambda, calibrate_shares, choose, mean_cost, shares, utility
+from expertgraph.policies.cost import (
+    calibrate_lambda,
+    calibrate_shares,
+    choose,
+    mean_cost,
+    shares,
+    utility,
+)
 from expertgraph.policies.dataset import save_jsonl
 from expertgraph.policies.evaluate import (
     aiq,
@@ -72,11 +79,19 @@ def test_calibrate_shares_hits_target_shares_for_n_and_two_experts() -> None:
 
 def test_outcome_and_baselines_by_hand() -> None:
     out = outcome(np.array([0, 1, 2, 0]), S, C, EXPERTS)
-    assert out.score == pytest.approx(0.75) and out.cost == pytest.approx((0.1 + 0.5 + 1.0 + 0.1) / 4)
+    assert out.score == pytest.approx(0.75) and out.cost == pytest.approx(
+        (0.1 + 0.5 + 1.0 + 0.1) / 4
+    )
     assert out.mix == {"cheap": 0.5, "mid": 0.25, "dear": 0.25} and out.calls_per_query == 1
     two = outcome(np.array([[0, 1]] * 4), S, C, EXPERTS)  # top-2: best of the two, both paid
-    assert two.score == pytest.approx(0.5) and two.cost == pytest.approx(0.6) and two.calls_per_query == 2
-    assert outcome(np.array([[0, 1]] * 4), S, C, EXPERTS, combine="first").score == pytest.approx(0.25)
+    assert (
+        two.score == pytest.approx(0.5)
+        and two.cost == pytest.approx(0.6)
+        and two.calls_per_query == 2
+    )
+    assert outcome(np.array([[0, 1]] * 4), S, C, EXPERTS, combine="first").score == pytest.approx(
+        0.25
+    )
     b = baselines(S, C, EXPERTS)
     assert b["best_single"] == {"expert": "dear", "score": 0.75, "cost": 1.0}
     # oracle: cheapest expert reaching each row's best score; row 4 (all zero) goes to cheap
@@ -94,10 +109,17 @@ def test_sweep_pareto_and_aiq() -> None:
     assert points[0]["lam"] == 0 and points[0]["cost"] == pytest.approx(1.0)
     assert points[-1]["cost"] == pytest.approx(0.1)
     front = pareto_front(points)
-    assert all(a["cost"] < b["cost"] and a["score"] < b["score"] for a, b in zip(front, front[1:], strict=False))
+    assert all(
+        a["cost"] < b["cost"] and a["score"] < b["score"]
+        for a, b in zip(front, front[1:], strict=False)
+    )
     # AIQ of two points (0, 0) and (1, 1) over [0, 1] is the triangle's area 0.5; flat extension above
-    assert aiq([{"cost": 0.0, "score": 0.0}, {"cost": 1.0, "score": 1.0}], 0.0, 1.0) == pytest.approx(0.5, abs=1e-3)
-    assert aiq([{"cost": 0.0, "score": 0.0}, {"cost": 0.5, "score": 1.0}], 0.0, 1.0) == pytest.approx(0.75, abs=1e-3)
+    assert aiq(
+        [{"cost": 0.0, "score": 0.0}, {"cost": 1.0, "score": 1.0}], 0.0, 1.0
+    ) == pytest.approx(0.5, abs=1e-3)
+    assert aiq(
+        [{"cost": 0.0, "score": 0.0}, {"cost": 0.5, "score": 1.0}], 0.0, 1.0
+    ) == pytest.approx(0.75, abs=1e-3)
     # a dominated point under the hull does not count
     pts = [{"cost": 0.0, "score": 0.0}, {"cost": 0.5, "score": 0.1}, {"cost": 1.0, "score": 1.0}]
     assert aiq(pts, 0.0, 1.0) == pytest.approx(0.5, abs=1e-3)
@@ -117,21 +139,34 @@ def test_apgr_random_near_half_perfect_high_and_cpt() -> None:
     rng = np.random.default_rng(4)
     n = 4000
     strong = (rng.random(n) < 0.85).astype(float)
-    weak = np.where(strong > 0, (rng.random(n) < 0.7).astype(float), (rng.random(n) < 0.2).astype(float))
+    weak = np.where(
+        strong > 0, (rng.random(n) < 0.7).astype(float), (rng.random(n) < 0.2).astype(float)
+    )
     scores = np.stack([strong, weak], axis=1)
-    random_apgr = np.mean([two_expert_metrics(rng.random(n), scores, 0, 1)["apgr"] for _ in range(10)])
+    random_apgr = np.mean(
+        [two_expert_metrics(rng.random(n), scores, 0, 1)["apgr"] for _ in range(10)]
+    )
     assert random_apgr == pytest.approx(0.5, abs=0.03)
     perfect = two_expert_metrics(strong - weak + 0.01 * rng.random(n), scores, 0, 1)
     assert perfect["apgr"] > 0.8 and perfect["cpt50"] < 25 and perfect["cpt50"] < perfect["cpt80"]
-    curve = [{"strong_pct": 0.0, "score": 0.6}, {"strong_pct": 50.0, "score": 0.8}, {"strong_pct": 100.0, "score": 0.8}]
+    curve = [
+        {"strong_pct": 0.0, "score": 0.6},
+        {"strong_pct": 50.0, "score": 0.8},
+        {"strong_pct": 100.0, "score": 0.8},
+    ]
     assert apgr(curve, 0.6, 0.8) == pytest.approx(0.75)
     assert cpt(curve, 0.6, 0.8, 0.5) == pytest.approx(25.0)
 
 
 def test_plot_pareto_writes_a_png(tmp_path: Path) -> None:
     pts = sweep(S + 0.01, S, C)
-    path = plot_pareto(tmp_path / "p.png", {"r": pts}, {e: {"cost": 0.1, "score": 0.2} for e in EXPERTS},
-                       title="t", marks={"ours": (0.3, 0.5)})
+    path = plot_pareto(
+        tmp_path / "p.png",
+        {"r": pts},
+        {e: {"cost": 0.1, "score": 0.2} for e in EXPERTS},
+        title="t",
+        marks={"ours": (0.3, 0.5)},
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -140,11 +175,20 @@ def _two_expert_rows(n: int, seed: int) -> list[RoutingExample]:
     out = []
     for i in range(n):
         hard = i % 2 == 0
-        prompt = (f"Prove that the integral of x^{i % 7 + 2} over a closed contour vanishes." if hard
-                  else f"What colour is item number {i}?")
-        out.append(RoutingExample(id=str(i), prompt=prompt, task="hard" if hard else "easy",
-                                  scores={"strong": 1.0, "weak": 0.0 if hard else float(rng.random() < 0.9)},
-                                  costs={"strong": 1.0, "weak": 0.0}))
+        prompt = (
+            f"Prove that the integral of x^{i % 7 + 2} over a closed contour vanishes."
+            if hard
+            else f"What colour is item number {i}?"
+        )
+        out.append(
+            RoutingExample(
+                id=str(i),
+                prompt=prompt,
+                task="hard" if hard else "easy",
+                scores={"strong": 1.0, "weak": 0.0 if hard else float(rng.random() < 0.9)},
+                costs={"strong": 1.0, "weak": 0.0},
+            )
+        )
     return out
 
 
@@ -155,13 +199,30 @@ def test_evaluate_cv_and_baselines_on_built_data(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     data = save_jsonl(_two_expert_rows(40, 0), tmp_path / "two.jsonl")
     home = tmp_path / "home"
-    res = evaluate(data, "knn", cv=4, params={"k": 5}, home=home, target_cost=0.5, plot=tmp_path / "c.png")
-    for key in ("dataset", "split", "n", "policy", "score", "cost", "calls_per_query", "baselines", "apgr", "cpt50", "cpt80", "aiq"):
+    res = evaluate(
+        data, "knn", cv=4, params={"k": 5}, home=home, target_cost=0.5, plot=tmp_path / "c.png"
+    )
+    for key in (
+        "dataset",
+        "split",
+        "n",
+        "policy",
+        "score",
+        "cost",
+        "calls_per_query",
+        "baselines",
+        "apgr",
+        "cpt50",
+        "cpt80",
+        "aiq",
+    ):
         assert key in res
     assert res["n"] == 40 and res["cost"] <= 0.5 + 1e-9
     rows = _two_expert_rows(40, 0)
     truth = np.array([[r.scores["strong"], r.scores["weak"]] for r in rows])
-    best = two_expert_metrics(truth[:, 0] - truth[:, 1], truth, 0, 1)["apgr"]  # ranking by the answers
+    best = two_expert_metrics(truth[:, 0] - truth[:, 1], truth, 0, 1)[
+        "apgr"
+    ]  # ranking by the answers
     assert res["apgr"] >= 0.9 * best > 0.6  # hard prompts are easy to tell apart
     assert set(res["baselines"]) == {"best_single", "oracle", "random"}
     assert res["baselines"]["oracle"]["score"] == 1.0 and Path(res["plot"]).is_file()
@@ -180,10 +241,30 @@ def test_cli_eval_json_is_the_last_line(tmp_path: Path, capsys: pytest.CaptureFi
     from expertgraph.orchestrator.cli import main
 
     data = save_jsonl(_two_expert_rows(20, 1), tmp_path / "rows.jsonl")
-    assert main(["eval", "--data", str(data), "--policy", "cluster", "--cv", "2", "--param", "n_clusters=2",
-                 "--home", str(tmp_path / "h"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(data),
+                "--policy",
+                "cluster",
+                "--cv",
+                "2",
+                "--param",
+                "n_clusters=2",
+                "--home",
+                str(tmp_path / "h"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert result["policy"] == "cluster" and result["n"] == 20
     assert {"best_single", "oracle", "random"} <= set(result["baselines"])
-    assert main(["eval", "--data", str(data), "--policy", "knn", "--lam", "1", "--target-cost", "1"]) == 2
+    assert (
+        main(["eval", "--data", str(data), "--policy", "knn", "--lam", "1", "--target-cost", "1"])
+        == 2
+    )
