@@ -474,6 +474,18 @@ def routellm_part(data: Path, embedder: Any, folds: int, benchmarks: list[str]) 
                 f"[routellm] {bench}: {kind:9s} APGR {m['apgr']:.3f}  CPT(50%) {m['cpt50']:.1f}%  "
                 f"CPT(80%) {m['cpt80']:.1f}%  ({time.time() - t:.0f}s)"
             )
+        pub = ROUTELLM_PUBLISHED.get(bench, {})
+        if pub:
+            log(
+                f"[routellm] {bench}: published (RouteLLM's best router): CPT(50%) ~{pub['cpt50_pct']}% "
+                f"CPT(80%) ~{pub['cpt80_pct']}% strong calls"
+                + (
+                    f" (from cost savings {pub['saving_cpt50']}x / {pub['saving_cpt80']}x)"
+                    if "saving_cpt50" in pub
+                    else ""
+                )
+            )
+            log(f"[routellm] {bench}: training data differs: {TRAINING_DIFFERENCE}")
         out[bench] = entry
     return out
 

@@ -526,3 +526,29 @@ def test_share_calibration_at_training_and_in_decide(
     assert not any(plain.offsets.values())
     with pytest.raises(PolicyError, match="names experts the data does not have: ghost"):
         train_router(train_set, "logreg", embedder=embedder, target_shares={"ghost": 1.0})
+
+
+def test_a_trained_router_drives_a_configured_run(
+    routers: dict[str, Path], tmp_path: Path, probes: dict[str, list[str]]
+) -> None:
+    from expertgraph.orchestrator import Orchestrator
+
+    experts = "".join(
+        f"  - name: {n}\n    kind: callable\n    callable: expertgraph.agents.tools:calculator\n"
+        for n in EXPERTS
+    )
+    home = routers["knn"].parent
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"experts:\n{experts}policy:\n  name: knn\n  path: knn\n  lam: 0.3\n"
+        f"home: {home}\ntrace:\n  dir: {tmp_path / 'traces'}\n"
+    )
+    orch = Orchestrator.from_config(config, base_dir=tmp_path)
+    result = orch.run(probes["math"][0])
+    decision = result.steps[0].decision
+    assert decision.policy == "knn" and decision.experts == ["mathbot"]
+    assert set(decision.meta["quality"]) == set(EXPERTS)
+    # the same configuration without one of the router's experts is refused when it is built
+    config.write_text(config.read_text().replace("  - name: bigbot", "  - name: otherbot"))
+    with pytest.raises(ConfigError, match="bigbot"):
+        Orchestrator.from_config(config, base_dir=tmp_path)
