@@ -493,6 +493,17 @@ def routellm_part(data: Path, embedder: Any, folds: int, benchmarks: list[str]) 
 # ----------------------------------------------------------------------------- main
 
 
+def _rounded(value: Any, digits: int = 4) -> Any:
+    """Floats rounded for the report (4 digits: well below the data's noise)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
@@ -619,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["routellm"] = routellm_part(data, embedder, args.folds, benches)
     summary["seconds"] = round(time.time() - started, 1)
     summary["embeddings"] = {"cached": embedder.hits, "computed": embedder.misses}
+    summary = _rounded(summary)
     (out_dir / "routing.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))
     return 0
