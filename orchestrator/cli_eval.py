@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from typing import Any
 
 from expertgraph.core.errors import ConfigError
 
@@ -119,5 +121,16 @@ def run(args: argparse.Namespace) -> int:
     if "plot" in result:
         print(f"  Pareto plot: {result['plot']}")
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(_finite(result)))
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf (an undefined metric) as null: the JSON line must parse everywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

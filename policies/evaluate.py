@@ -239,6 +239,8 @@ def apgr(curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: 
     auc = _trapezoid(y, x)
     weak_auc = _trapezoid(np.full_like(x, weak_score), x)
     strong_auc = _trapezoid(np.full_like(x, strong_score), x)
+    if strong_auc == weak_auc:  # no gap to recover: the metric is undefined
+        return float("nan")
     return float((auc - weak_auc) / (strong_auc - weak_auc))
 
 
