@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.learned import Adam, ScoringModel, Standardizer, masked_targets, sigmoid
+from expertgraph.policies.learned import (
+    Adam,
+    ScoringModel,
+    Standardizer,
+    fit_minibatch,
+    masked_targets,
+    sigmoid,
+)
 
 
 def _logit_of_mean(Y: np.ndarray) -> np.ndarray:
@@ -162,39 +169,15 @@ class MLPModel(ScoringModel):
             self.weights[f"W{i}"] = rng.normal(0, np.sqrt(2.0 / sizes[i]), (sizes[i], sizes[i + 1]))
             self.weights[f"b{i}"] = np.zeros(sizes[i + 1])
         self.weights[f"b{len(sizes) - 2}"] = _logit_of_mean(Y)
-        n = len(Xs)
-        order = rng.permutation(n)
-        n_val = int(round(n * float(self.params["val_fraction"]))) if n >= 50 else 0
-        val, train = order[:n_val], order[n_val:]
-        opt = Adam(
-            self.weights,
-            lr=float(self.params["lr"]),
-            weight_decay=float(self.params["weight_decay"]),
-            decay_keys=[k for k in self.weights if k.startswith("W")],
-        )
-        best = {k: v.copy() for k, v in self.weights.items()}
-        best_loss = np.inf
-        waited = 0
-        bs = int(self.params["batch_size"])
-        for _ in range(int(self.params["epochs"])):
-            perm = rng.permutation(train)
-            for start in range(0, len(perm), bs):
-                b = perm[start : start + bs]
-                z, cache = self._forward(Xs[b], rng)
-                _, gz = soft_bce(z, y[b], mask[b])
-                opt.step(self._backward(gz, cache))
-            if n_val:
-                z, _ = self._forward(Xs[val])
-                loss, _ = soft_bce(z, y[val], mask[val])
-                if loss < best_loss - 1e-5:
-                    best_loss, waited = loss, 0
-                    best = {k: v.copy() for k, v in self.weights.items()}
-                else:
-                    waited += 1
-                    if waited >= int(self.params["patience"]):
-                        break
-        if n_val:
-            self.weights.update(best)
+        def grads(rows: np.ndarray) -> dict[str, np.ndarray]:
+            z, cache = self._forward(Xs[rows], rng)
+            return self._backward(soft_bce(z, y[rows], mask[rows])[1], cache)
+
+        def val_loss(rows: np.ndarray) -> float:
+            return float(soft_bce(self._forward(Xs[rows])[0], y[rows], mask[rows])[0])
+
+        decay = [k for k in self.weights if k.startswith("W")]
+        fit_minibatch(self.weights, len(Xs), self.params, rng, grads=grads, val_loss=val_loss, decay_keys=decay)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

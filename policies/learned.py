@@ -210,6 +210,51 @@ class Adam:
             self.params[k] -= self.lr * update
 
 
+
+def fit_minibatch(
+    weights: dict[str, np.ndarray],
+    n: int,
+    params: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    grads: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    val_loss: Callable[[np.ndarray], float],
+    decay_keys: Sequence[str],
+) -> None:
+    """Adam over shuffled minibatches of ``n`` rows, early-stopped on a held-out share.
+
+    ``grads(rows)`` returns the gradients on those rows, ``val_loss(rows)`` the loss. Uses
+    ``params`` lr, weight_decay, epochs, batch_size, patience and val_fraction (no
+    validation below 50 rows). The best weights on the held-out rows are restored in place.
+    """
+    order = rng.permutation(n)
+    n_val = int(round(n * float(params["val_fraction"]))) if n >= 50 else 0
+    val, train = order[:n_val], order[n_val:]
+    opt = Adam(
+        weights,
+        lr=float(params["lr"]),
+        weight_decay=float(params["weight_decay"]),
+        decay_keys=decay_keys,
+    )
+    best = {k: v.copy() for k, v in weights.items()}
+    best_loss, waited = np.inf, 0
+    bs = int(params["batch_size"])
+    for _ in range(int(params["epochs"])):
+        perm = rng.permutation(train)
+        for start in range(0, len(perm), bs):
+            opt.step(grads(perm[start : start + bs]))
+        if n_val:
+            loss = val_loss(val)
+            if loss < best_loss - 1e-5:
+                best_loss, waited = loss, 0
+                best = {k: v.copy() for k, v in weights.items()}
+            else:
+                waited += 1
+                if waited >= int(params["patience"]):
+                    break
+    if n_val:
+        weights.update(best)
+
 class Standardizer:
     """Feature standardisation learned on the training rows (stored with the model)."""
 

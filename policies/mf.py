@@ -20,7 +20,13 @@ import numpy as np
 
 from expertgraph.core.errors import PolicyError
 from expertgraph.policies.classifiers import _logit_of_mean, soft_bce
-from expertgraph.policies.learned import Adam, ScoringModel, Standardizer, masked_targets, sigmoid
+from expertgraph.policies.learned import (
+    ScoringModel,
+    Standardizer,
+    fit_minibatch,
+    masked_targets,
+    sigmoid,
+)
 
 
 def pairwise_loss(
@@ -103,36 +109,15 @@ class MFModel(ScoringModel):
             "U": rng.normal(0, 0.1, (e, dim)),
             "c": _logit_of_mean(Y),
         }
-        opt = Adam(
+        fit_minibatch(
             self.weights,
-            lr=float(self.params["lr"]),
-            weight_decay=float(self.params["weight_decay"]),
+            len(Xs),
+            self.params,
+            rng,
+            grads=lambda rows: self._loss_grad(Xs[rows], y[rows], mask[rows])[1],
+            val_loss=lambda rows: float(self._loss_grad(Xs[rows], y[rows], mask[rows])[0]),
             decay_keys=["W", "U"],
         )
-        n = len(Xs)
-        order = rng.permutation(n)
-        n_val = int(round(n * float(self.params["val_fraction"]))) if n >= 50 else 0
-        val, train = order[:n_val], order[n_val:]
-        best = {k: v.copy() for k, v in self.weights.items()}
-        best_loss, waited = np.inf, 0
-        bs = int(self.params["batch_size"])
-        for _ in range(int(self.params["epochs"])):
-            perm = rng.permutation(train)
-            for start in range(0, len(perm), bs):
-                b = perm[start : start + bs]
-                _, grads = self._loss_grad(Xs[b], y[b], mask[b])
-                opt.step(grads)
-            if n_val:
-                loss, _ = self._loss_grad(Xs[val], y[val], mask[val])
-                if loss < best_loss - 1e-5:
-                    best_loss, waited = loss, 0
-                    best = {k: v.copy() for k, v in self.weights.items()}
-                else:
-                    waited += 1
-                    if waited >= int(self.params["patience"]):
-                        break
-        if n_val:
-            self.weights.update(best)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
