@@ -32,11 +32,11 @@ home: {home}
 experts:
   - name: careful
     kind: callable
-    callable: loop_experts:careful
+    callable: learning_loop_experts:careful
     card: {{description: arithmetic, cost_per_1k_input: 0.002}}
   - name: quick
     kind: callable
-    callable: loop_experts:quick
+    callable: learning_loop_experts:quick
     card: {{description: arithmetic, cost_per_1k_input: 0.001}}
 policy: {{name: all}}
 """
@@ -47,7 +47,7 @@ def _last_json(capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def test_run_label_export_train_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "loop_experts.py").write_text(EXPERTS_MODULE)
+    (tmp_path / "learning_loop_experts.py").write_text(EXPERTS_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     home = tmp_path / "home"
@@ -91,4 +91,4 @@ def test_run_label_export_train_eval(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert result["baselines"]["best_single"]["score"] == pytest.approx(0.5)
     # Sums and products embed apart: the trained router sends each to the expert that is right.
     assert result["score"] >= 0.9
-    assert sys.modules.get("loop_experts") is not None
+    sys.modules.pop("learning_loop_experts", None)  # other tests may write a module of their own
