@@ -134,3 +134,15 @@ def test_content_capture_off_keeps_routing_but_no_prompts_or_outputs(tmp_path: P
     stats = export_dataset(tmp_path, tmp_path / "ds.jsonl")
     assert stats.examples == 0 and stats.skipped["content not captured"] == 1
     assert json.loads(json.dumps(stats.skipped))  # plain data
+
+
+def test_a_secret_exported_after_the_redactor_was_made_is_still_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    redactor = Redactor()
+    assert redactor.text(f"value {PLAIN}") == f"value {PLAIN}"  # not a secret yet
+    redactor.refresh()  # unchanged environment: the cached verdict stands
+    monkeypatch.setenv("LATE_SERVICE_TOKEN", PLAIN)
+    redactor.refresh()
+    assert redactor.text(f"value {PLAIN}") == f"value {REDACTED}"
+    monkeypatch.setenv("LATE_SERVICE_TOKEN", "another-secret-value-77")
+    redactor.refresh()
+    assert redactor.text("x another-secret-value-77") == f"x {REDACTED}"

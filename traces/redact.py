@@ -85,10 +85,19 @@ class Redactor:
         self._environ = environ
         self._extra = [s for s in (extra_secrets or []) if len(s) >= MIN_SECRET_LENGTH]
         self._values: list[str] = []
+        self._seen_env: dict[bytes, bytes] | None = None
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the secret values of the environment."""
+        """Re-read the secret values of the environment (a no-op while it is unchanged)."""
+        if self._environ is None:
+            # The writer refreshes before every record; comparing the process environment
+            # with the copy seen last time is one C-level dict comparison, far cheaper than
+            # re-scanning every variable name.
+            current = getattr(os.environ, "_data", None)
+            if current is not None and current == self._seen_env:
+                return
+            self._seen_env = dict(current) if current is not None else None
         env = os.environ if self._environ is None else self._environ
         values = {env[n] for n in secret_env_names(env) if len(env[n].strip()) >= MIN_SECRET_LENGTH}
         values.update(self._extra)
