@@ -46,6 +46,37 @@ def test_redactor_replaces_whole_secrets() -> None:
     assert nested == {"headers": {"Authorization": REDACTED, "api_key": REDACTED}, "xs": [REDACTED]}
 
 
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_redacting_the_encoded_line_matches_redacting_the_record() -> None:
+    """The writer redacts the JSON line; it must remove exactly what the record walk removes."""
+    r = Redactor(environ={"MY_SERVICE_TOKEN": PLAIN, "ODD_SECRET": 'quote"and\\slash-9f2c'})
+    secrets = [KEY, PLAIN, 'quote"and\\slash-9f2c', "AKIAIOSFODNN7EXAMPLE", "hf_" + "aB3" * 10,
+               "Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc123"]
+    glue = ["", " ", "\n", "\t", '"', "\\", "é", "x", "-", ":", "\n\n", "\u2028"]
+    records = []
+    for i, secret in enumerate(secrets):
+        for before in glue:
+            for after in glue:
+                text = f"{before}{secret}{after}"
+                records.append({"text": text, "meta": {"api_key": text, "Authorization": "Basic " + text},
+                                "xs": [text, {"token": text}], text: i})
+    records.append({"note": "basic arithmetic and a token bucket", "api_key": "", "token": 3,
+                    "password": {"nested": "plain words"}, "Cookie": REDACTED})
+    for record in records:
+        walked = _compact(r.data(record))
+        assert json.loads(r.json_line(_compact(record))) == json.loads(walked), record
+
+
+def test_a_key_right_after_an_escape_is_redacted_in_the_line() -> None:
+    r = Redactor(environ={})
+    for text in (f"line one\n{KEY}", f"tab\t{KEY}", f"Authorization:\nBearer abc123def456"):
+        line = r.json_line(_compact({"text": text}))
+        assert KEY not in line and "abc123def456" not in line, line
+
+
 def _provider(request: RecordedRequest) -> Reply:
     sent = request.headers.get("authorization", "")
     if request.body.get("model") == "needs-another-key":  # quotes the key, as providers do
@@ -100,6 +131,7 @@ def test_key_in_env_header_and_error_message_never_reaches_the_trace(
     assert "401" in calls["rejected"].error.message and REDACTED in calls["rejected"].error.message  # type: ignore[union-attr]
     assert f"Bearer {REDACTED}" in calls["echo"].text
     LabelStore(tmp_path).add(result.run_id, 1.0, note=f"checked with {KEY}")
+    orch.trace_store.flush()  # the index is written in the background
     files = [p for p in tmp_path.iterdir() if p.is_file()]
     assert any(p.name.endswith(".labels.jsonl") for p in files)
     assert any(p.name.startswith("index.sqlite") for p in files)

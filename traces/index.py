@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,23 +106,35 @@ class TraceIndex:
 
     def index_file(self, path: str | Path) -> str:
         """(Re)index one run's trace file; returns its run id."""
-        path = Path(path)
-        stat = path.stat()
-        trace = load_run(path)
-        rows = _rows(trace)
+        return self.index_files([path])[0]
+
+    def index_files(self, paths: Iterable[str | Path]) -> list[str]:
+        """(Re)index run trace files in one transaction; returns their run ids.
+
+        One transaction for many runs: its fixed cost (connection, lock, commit) is most of
+        what indexing a short run costs.
+        """
+        loaded = []
+        for path in map(Path, paths):
+            stat = path.stat()
+            trace = load_run(path)
+            loaded.append((path, stat, trace, _rows(trace)))
         with self.connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            self._delete_run(conn, trace.run_id)
-            for table, table_rows in rows.items():
-                for row in table_rows:
-                    cols = ", ".join(row)
-                    marks = ", ".join("?" for _ in row)
-                    conn.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values()))
-            conn.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, 'trace', ?, ?, ?)",
-                (path.name, trace.run_id, stat.st_size, stat.st_mtime_ns),
-            )
-        return trace.run_id
+            for path, stat, trace, rows in loaded:
+                self._delete_run(conn, trace.run_id)
+                for table, table_rows in rows.items():
+                    for row in table_rows:
+                        cols = ", ".join(row)
+                        marks = ", ".join("?" for _ in row)
+                        conn.execute(
+                            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values())
+                        )
+                conn.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?, 'trace', ?, ?, ?)",
+                    (path.name, trace.run_id, stat.st_size, stat.st_mtime_ns),
+                )
+        return [trace.run_id for _, _, trace, _ in loaded]
 
     def index_labels(self, run_id: str) -> int:
         """(Re)index the labels of one run; returns how many it has."""

@@ -16,9 +16,10 @@ A mapping entry whose key names a credential (``api_key``, ``authorization``, ``
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -29,11 +30,11 @@ _SECRET_ENV_NAME = re.compile(
     r"|_KEY$|^APIKEY$",
     re.IGNORECASE,
 )
-_SECRET_FIELD = re.compile(
-    r"^(?:api[_-]?key|x-api-key|authorization|proxy-authorization|token|access[_-]?token|"
-    r"refresh[_-]?token|secret|client[_-]?secret|password|passwd|credentials?|cookie|set-cookie)$",
-    re.IGNORECASE,
+_SECRET_FIELD_NAMES = (
+    r"api[_-]?key|x-api-key|authorization|proxy-authorization|token|access[_-]?token|"
+    r"refresh[_-]?token|secret|client[_-]?secret|password|passwd|credentials?|cookie|set-cookie"
 )
+_SECRET_FIELD = re.compile(r"^(?:" + _SECRET_FIELD_NAMES + r")$", re.IGNORECASE)
 # Ordered so the longer, more specific shapes win (sk-ant- before sk-).
 _KEY_SHAPES = [
     r"sk-ant-[A-Za-z0-9_\-]{16,}",
@@ -51,6 +52,22 @@ _SHAPES = re.compile(r"(?<![A-Za-z0-9_\-])(?:" + "|".join(_KEY_SHAPES) + r")")
 _AUTH_SCHEME = re.compile(
     r"\b([Bb]earer|BEARER|[Bb]asic|BASIC)(\s+)(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{8,}"
 )
+# The same patterns for JSON text, without their leading boundary checks: a lookbehind at
+# the start of a pattern makes ``re`` try every position, while a leading literal lets it
+# skip ahead. ``_json_boundary`` checks the start of each (rare) match instead.
+_JSON_SHAPES = re.compile("(?:" + "|".join(_KEY_SHAPES) + ")")
+_JSON_AUTH_SCHEME = re.compile(
+    # Spelled out: alternatives that start with a literal let ``re`` scan for their first letter.
+    r"(Bearer|bearer|BEARER|Basic|basic|BASIC)((?:\s|\\[nrt])+)"
+    r"(?=[A-Za-z._~+/=\-]*[0-9])[A-Za-z0-9._~+/=\-]{8,}"
+)
+# A credential-named member with a string value, in compact JSON (``"api_key":"..."``).
+_JSON_SECRET_MEMBER = re.compile(
+    r'"((?:' + _SECRET_FIELD_NAMES + r'))":"((?:[^"\\]|\\.)+)"', re.IGNORECASE
+)
+# Lower-case substrings one of which every such member contains.
+_MEMBER_HINTS = ('key":"', 'token":"', 'secret":"', 'passw', 'authorization":"', 'credential', 'cookie":"')
+_AUTH_HINTS = ("earer", "EARER", "asic", "ASIC")
 
 
 # Substrings one of which every key shape and auth scheme contains: a string with none of
@@ -85,6 +102,7 @@ class Redactor:
         self._environ = environ
         self._extra = [s for s in (extra_secrets or []) if len(s) >= MIN_SECRET_LENGTH]
         self._values: list[str] = []
+        self._json_values: list[str] = []
         self._seen_env: dict[bytes, bytes] | None = None
         self.refresh()
 
@@ -103,6 +121,8 @@ class Redactor:
         values.update(self._extra)
         # Longest first, so a secret that contains another is removed whole.
         self._values = sorted(values, key=len, reverse=True)
+        # As they appear inside JSON strings (quotes, backslashes and controls escaped).
+        self._json_values = [json.dumps(v, ensure_ascii=False)[1:-1] for v in self._values]
 
     def text(self, value: str) -> str:
         """The string with every secret replaced by ``[REDACTED]``."""
@@ -115,6 +135,22 @@ class Redactor:
             return value
         value = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", value)
         return _SHAPES.sub(REDACTED, value)
+
+    def json_line(self, line: str) -> str:
+        """Redact one line of compact JSON, as :meth:`data` would redact the value it encodes.
+
+        Working on the encoded line spares a walk over the record: secrets are matched in
+        their JSON-escaped form, and a credential-named member's string value goes whole.
+        """
+        for secret in self._json_values:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        lowered = line.lower()
+        if any(h in lowered for h in _MEMBER_HINTS):
+            line = _JSON_SECRET_MEMBER.sub(_redact_member, line)
+        if any(h in line for h in _AUTH_HINTS):
+            line = _JSON_AUTH_SCHEME.sub(_redact_auth, line)
+        return _JSON_SHAPES.sub(_redact_shape, line)
 
     def data(self, value: Any, *, key: str | None = None) -> Any:
         """Redact a JSON-like structure (dicts, lists, strings); other values pass through."""
@@ -130,3 +166,40 @@ class Redactor:
         if isinstance(value, list):
             return [self.data(v) for v in value]
         return value
+
+
+def _redact_member(match: re.Match[str]) -> str:
+    if match.group(2) == REDACTED:
+        return match.group(0)
+    return f'"{match.group(1)}":"{REDACTED}"'
+
+
+def _json_boundary(text: str, start: int, glued: Callable[[str], bool]) -> bool:
+    """Whether a match at ``start`` of JSON text begins a token: not ``glued`` to the
+    character before it, or right after an escape such as ``\\n`` (whose letter is not text)."""
+    if start == 0 or not glued(text[start - 1]):
+        return True
+    return start >= 2 and text[start - 2] == "\\" and text[start - 1] in "nrtbf"
+
+
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _is_key_char(char: str) -> bool:  # the lookbehind of _SHAPES
+    return char in _KEY_CHARS
+
+
+def _is_word_char(char: str) -> bool:  # what ``\b`` of _AUTH_SCHEME counts as a word
+    return char.isalnum() or char == "_"
+
+
+def _redact_shape(match: re.Match[str]) -> str:
+    if _json_boundary(match.string, match.start(), _is_key_char):
+        return REDACTED
+    return match.group(0)
+
+
+def _redact_auth(match: re.Match[str]) -> str:
+    if _json_boundary(match.string, match.start(), _is_word_char):
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+    return match.group(0)

@@ -36,6 +36,8 @@ from expertgraph.traces.schema import (
 
 DEFAULT_TRACE_DIR = ".expertgraph/traces"
 LABELS_SUFFIX = ".labels.jsonl"
+# How long the background indexer waits for more runs to close before it starts a batch.
+_INDEX_LINGER_S = 0.05
 
 _log = logging.getLogger(__name__)
 
@@ -184,13 +186,17 @@ class TraceWriter:
         """The line that :meth:`write` appends for ``record`` (content policy and redaction applied)."""
         if isinstance(record, RunStart):
             record.capture = Capture(content=self.capture_content, redacted=self.redactor is not None)
-        data = record.model_dump(mode="json")
-        if not self.capture_content:
+        if self.capture_content:
+            # pydantic's own encoder, no intermediate dict: the common path stays cheap.
+            line = record.model_dump_json()
+        else:
+            data = record.model_dump(mode="json")
             _omit_content(data)
+            line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         if self.redactor is not None:
             self.redactor.refresh()
-            data = self.redactor.data(data)
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            line = self.redactor.json_line(line)
+        return line.encode() + b"\n"
 
     def write(self, record: TraceRecord) -> TraceRecord:
         """Append one record (its ``seq`` is set here) and return it."""
@@ -408,9 +414,12 @@ class TraceStore:
         self.otel_endpoint = otel_endpoint
         self.otel_headers = dict(otel_headers or {})
         self._index: Any = None  # the TraceIndex, opened on the first run's close
+        # One redactor for every writer: it re-reads the environment only when it changed.
+        self._redactor = Redactor() if redact else None
         self._lock = threading.Lock()
         self._worker: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
+        self._closed: list[Path] = []  # runs closed and not yet indexed or exported
+        self._draining: Future[None] | None = None
 
     def path_for(self, run_id: str) -> Path:
         if (
@@ -428,27 +437,47 @@ class TraceStore:
             self.path_for(run_id),
             fsync=self.fsync,
             capture_content=self.capture_content,
-            redactor=Redactor() if self.redact else None,
+            redactor=self._redactor,
             on_close=self._run_closed if (self.index or self.otel_endpoint) else None,
         )
 
     def _run_closed(self, path: Path) -> None:
-        # Indexing and exporting take tens of ms (SQLite, HTTP): a background thread does
-        # them so the run returns at once. Readers sync the index from the files before they
-        # query it, so an update still pending (or lost with the process) only costs a re-read.
+        # Indexing and exporting take milliseconds (SQLite, HTTP): a background thread does
+        # them so the run returns at once, and it takes the runs that closed meanwhile in one
+        # batch, so a busy process pays one SQLite transaction for many runs. Readers sync
+        # the index from the files before they query it, so an update still pending (or lost
+        # with the process) only costs a re-read.
         with self._lock:
+            self._closed.append(path)
+            if self._draining is not None:
+                return
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expertgraph-trace")
-            self._pending.append(self._worker.submit(self._after_close, path))
+            self._draining = self._worker.submit(self._drain)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every closed run is indexed and exported."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result(timeout=timeout)
+        while True:
+            with self._lock:
+                draining = self._draining
+            if draining is None:
+                return
+            draining.result(timeout=timeout)
 
-    def _after_close(self, path: Path) -> None:
+    def _drain(self) -> None:
+        time.sleep(_INDEX_LINGER_S)  # let the runs closing right now join this batch
+        while True:
+            with self._lock:
+                paths, self._closed = self._closed, []
+                if not paths:
+                    self._draining = None
+                    return
+            try:
+                self._after_close(paths)
+            except Exception as exc:  # noqa: BLE001 - the worker must always reach the reset above
+                _log.warning("trace post-processing failed: %s", exc)
+
+    def _after_close(self, paths: list[Path]) -> None:
         # The JSONL file is the record; the index and the exporter are conveniences, so a
         # failure here is logged and never fails the run.
         if self.index:
@@ -457,16 +486,24 @@ class TraceStore:
 
                 if self._index is None:
                     self._index = TraceIndex(self.directory)
-                self._index.index_file(path)
+                try:
+                    self._index.index_files(paths)
+                except Exception:  # noqa: BLE001 - one bad file must not cost the others
+                    for path in paths:
+                        try:
+                            self._index.index_file(path)
+                        except Exception as exc:  # noqa: BLE001
+                            _log.warning("trace index not updated for %s: %s", path, exc)
             except Exception as exc:  # noqa: BLE001
-                _log.warning("trace index not updated for %s: %s", path, exc)
+                _log.warning("trace index not updated for %s: %s", ", ".join(map(str, paths)), exc)
         if self.otel_endpoint:
-            try:
-                from expertgraph.traces.otel import post_spans, run_to_otlp
+            for path in paths:
+                try:
+                    from expertgraph.traces.otel import post_spans, run_to_otlp
 
-                post_spans(run_to_otlp(load_run(path)), self.otel_endpoint, headers=self.otel_headers)
-            except Exception as exc:  # noqa: BLE001
-                _log.warning("OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc)
+                    post_spans(run_to_otlp(load_run(path)), self.otel_endpoint, headers=self.otel_headers)
+                except Exception as exc:  # noqa: BLE001
+                    _log.warning("OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc)
 
     def run_ids(self) -> list[str]:
         """Runs of the directory: ``*.jsonl`` files that start with a run_start record.
