@@ -7,7 +7,9 @@
     ``litellm.acompletion`` call, both against the same OpenAI-compatible server on
     127.0.0.1 (a separate process, so its work does not share our GIL), interleaved and
     compared by median. Reported for an instant server and for one that takes 50 ms, the
-    order of the fastest hosted completions.
+    order of the fastest hosted completions. Next to it, ``langgraph_floor_ratio``: the same
+    call made inside a bare route -> call (``Send``) -> aggregate LangGraph graph with no
+    policy, trace or vote, the least any orchestrator of this design can cost.
 
 The last line is one JSON object with every figure.
 """
@@ -89,7 +91,8 @@ def step_overhead_ms(steps: int, trace_dir: Path, plan_length: int = 10) -> floa
     run back to back until ``steps`` steps are done: run start and end are included.
     """
 
-    def instant(prompt: str) -> str:
+    async def instant(prompt: str) -> str:
+        # async: a sync callable runs in a worker thread, whose hop is the expert's cost
         return "42"
 
     orch = Orchestrator(
@@ -123,7 +126,43 @@ def _start_server(delay_s: float) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
+class _OneCall(TypedDict, total=False):
+    done: bool
+    text: str
+
+
+def _floor_graph(complete: Any) -> Any:
+    """The least a LangGraph orchestrator of DESIGN.md's shape does for a one-step run:
+    route -> call (``Send``) -> aggregate -> route -> END, with ``complete`` as the call and
+    no policy, trace, budget or vote."""
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import Send
+
+    async def route(state: _OneCall) -> dict[str, Any]:
+        return {}
+
+    async def after_route(state: _OneCall) -> Any:
+        return END if state.get("done") else [Send("call", {})]
+
+    async def call(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"text": await complete()}
+
+    async def aggregate(state: _OneCall) -> dict[str, Any]:
+        return {"done": True}
+
+    graph = StateGraph(_OneCall)
+    graph.add_node("route", route)
+    graph.add_node("call", call)
+    graph.add_node("aggregate", aggregate)
+    graph.add_edge(START, "route")
+    graph.add_conditional_edges("route", after_route, ["call", END])
+    graph.add_edge("call", "aggregate")
+    graph.add_edge("aggregate", "route")
+    return graph.compile()
+
+
 async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
+    """Median ms of a bare call, of the floor graph making it, and of a one-step run."""
     from expertgraph.agents._litellm import import_litellm
     from expertgraph.agents.api import APIExpert
 
@@ -134,8 +173,7 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
     orch = Orchestrator([expert], FixedPolicy(["loopback"]), MajorityVote(), trace_dir=trace_dir, defaults={"max_tokens": 8})
 
-    async def bare() -> float:
-        started = time.perf_counter()
+    async def complete() -> str:
         response = await litellm.acompletion(
             model="openai/bench-model",
             messages=messages,
@@ -145,32 +183,39 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
             max_retries=0,
             timeout=30,
         )
-        took = time.perf_counter() - started
-        assert response.choices[0].message.content == "pong"
-        return took
+        return str(response.choices[0].message.content)
 
-    async def ours() -> float:
-        started = time.perf_counter()
-        result = await orch.arun("ping")
-        took = time.perf_counter() - started
-        assert result.answer == "pong", result
-        return took
+    floor_graph = _floor_graph(complete)
 
+    async def bare() -> str:
+        return await complete()
+
+    async def floor() -> str:
+        return str((await floor_graph.ainvoke({}))["text"])
+
+    async def ours() -> str:
+        return str((await orch.arun("ping")).answer)
+
+    contenders = {"bare": bare, "floor": floor, "ours": ours}
     for _ in range(10):  # warm-up: connection pools, imports, caches
-        await bare()
-        await ours()
-    bare_times: list[float] = []
-    our_times: list[float] = []
-    for i in range(rounds):  # interleaved so drift hits both alike
-        if i % 2:
-            bare_times.append(await bare())
-            our_times.append(await ours())
-        else:
-            our_times.append(await ours())
-            bare_times.append(await bare())
-    bare_ms = statistics.median(bare_times) * 1000
-    our_ms = statistics.median(our_times) * 1000
-    return {"bare_ms": bare_ms, "ours_ms": our_ms, "ratio": our_ms / bare_ms}
+        for fn in contenders.values():
+            assert await fn() == "pong"
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
+    for i in range(rounds):  # interleaved, in a rotating order, so drift hits all alike
+        for name in order[i % 3:] + order[: i % 3]:
+            started = time.perf_counter()
+            await contenders[name]()
+            times[name].append(time.perf_counter() - started)
+    orch.trace_store.flush()
+    ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    return {
+        "bare_ms": ms["bare"],
+        "floor_ms": ms["floor"],
+        "ours_ms": ms["ours"],
+        "ratio": ms["ours"] / ms["bare"],
+        "floor_ratio": ms["floor"] / ms["bare"],
+    }
 
 
 def main() -> None:
@@ -201,10 +246,14 @@ def main() -> None:
             label = "instant server" if delay == 0 else f"server taking {delay * 1000:.0f} ms"
             print(f"(b) {label}: expertgraph {r['ours_ms']:.2f} ms | bare litellm {r['bare_ms']:.2f} ms "
                   f"| ratio {r['ratio']:.3f}   (target <= 1.05)")
+            print(f"    floor: the same call inside a bare route/call/aggregate LangGraph graph "
+                  f"{r['floor_ms']:.2f} ms | ratio {r['floor_ratio']:.3f}")
             suffix = "" if delay == 0 else "_50ms_server"
             figures[f"litellm_ratio{suffix}"] = round(r["ratio"], 4)
             figures[f"litellm_bare_ms{suffix}"] = round(r["bare_ms"], 3)
             figures[f"expertgraph_ms{suffix}"] = round(r["ours_ms"], 3)
+            figures[f"langgraph_floor_ratio{suffix}"] = round(r["floor_ratio"], 4)
+            figures[f"langgraph_floor_ms{suffix}"] = round(r["floor_ms"], 3)
     print(json.dumps(figures))
 
 
