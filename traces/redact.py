@@ -141,6 +141,8 @@ class Redactor:
 
         Working on the encoded line spares a walk over the record: secrets are matched in
         their JSON-escaped form, and a credential-named member's string value goes whole.
+        A key shape right after an escaped backslash followed by ``n`` (the text ``\\n``)
+        is taken for one after a newline: the line may lose a little more, never less.
         """
         for secret in self._json_values:
             if secret in line:
