@@ -20,12 +20,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-
 from expertgraph.agents._litellm import import_litellm
 from expertgraph.agents.base import Expert, ExpertCallError, MessageLike, RawOutput
 from expertgraph.core.types import ExpertCard, Generation, Message
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 # Per-call parameters that carry credentials. They are taken out of ``params`` before the
 # base class records params on the Generation (and so in traces), and reach LiteLLM through

@@ -42,10 +42,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from expertgraph.policies.cost import calibrate_lambda, choose
-from expertgraph.policies.dataset import load_dataset
-from expertgraph.policies.embed_cache import cached_embedder
-from expertgraph.policies.evaluate import (
+from expertgraph.policies.learning.cost import calibrate_lambda, choose
+from expertgraph.policies.data.dataset import load_dataset
+from expertgraph.policies.embeddings.cache import cached_embedder
+from expertgraph.policies.learning.evaluate import (
     aiq,
     baselines,
     outcome,
@@ -53,7 +53,7 @@ from expertgraph.policies.evaluate import (
     sweep,
     two_expert_metrics,
 )
-from expertgraph.policies.learned import Featurizer, fit_predict, model_class, out_of_fold
+from expertgraph.policies.routing.learned import Featurizer, fit_predict, model_class, out_of_fold
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["knn", "cluster", "logreg", "mlp", "mf", "task", "ensemble"]
@@ -227,8 +227,8 @@ def _zero_shot_quality(
 ) -> np.ndarray:
     """Card similarity per expert from :class:`EmbeddingRouter`, cards from default_llm.json."""
     from expertgraph.core.types import ExpertCard
-    from expertgraph.policies.base import ExpertView
-    from expertgraph.policies.embedding import EmbeddingRouter
+    from expertgraph.core import ExpertView
+    from expertgraph.policies.routing.embedding import EmbeddingRouter
 
     llms = json.loads(
         (root / "data" / "example_data" / "llm_candidates" / "default_llm.json").read_text()

@@ -54,13 +54,13 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "zeroeval" / "result_dirs" / "g
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from expertgraph.core.types import Decision, StepResult, Task  # noqa: E402
-from expertgraph.policies.ahead_by_k import AheadByK  # noqa: E402
-from expertgraph.policies.base import AggregationContext, Aggregator, Policy  # noqa: E402
-from expertgraph.policies.medoid import MedoidAggregator  # noqa: E402
-from expertgraph.policies.redflags import RedFlags, typical_lengths  # noqa: E402
-from expertgraph.policies.replay import recorded, replay_step  # noqa: E402
-from expertgraph.policies.voting import MajorityVote, WeightedVote  # noqa: E402
-from expertgraph.policies.zeroeval import (  # noqa: E402
+from expertgraph.policies.aggregation.ahead_by_k import AheadByK  # noqa: E402
+from expertgraph.core import AggregationContext, Aggregator, Policy  # noqa: E402
+from expertgraph.policies.aggregation.medoid import MedoidAggregator  # noqa: E402
+from expertgraph.policies.aggregation.redflags import RedFlags, typical_lengths  # noqa: E402
+from expertgraph.policies.aggregation.replay import recorded, replay_step  # noqa: E402
+from expertgraph.policies.aggregation.voting import MajorityVote, WeightedVote  # noqa: E402
+from expertgraph.policies.data.zeroeval import (  # noqa: E402
     ZeroEvalSet,
     explain_differences,
     load_zeroeval,
@@ -122,7 +122,7 @@ class CachedEmbedder:
 def _embedder(cache: Path) -> CachedEmbedder:
     import torch
 
-    from expertgraph.policies.embedder import SentenceTransformerEmbedder
+    from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return CachedEmbedder(SentenceTransformerEmbedder(batch_size=64), cache)

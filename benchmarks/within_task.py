@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from expertgraph.policies.dataset import load_dataset
-from expertgraph.policies.learned import Featurizer, fold_indices
+from expertgraph.policies.data.dataset import load_dataset
+from expertgraph.policies.routing.learned import Featurizer, fold_indices
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PRICE = 0.45
@@ -286,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sim['hindsight_gap_mean']:.4f} (sd {sim['hindsight_gap_sd']:.4f})"
     )
 
-    from expertgraph.policies.embed_cache import cached_embedder
+    from expertgraph.policies.embeddings.cache import cached_embedder
 
     embedder = cached_embedder(home=args.home, threads=args.threads)
     emb = Featurizer(embedder).embed(train.prompts).astype(np.float64)

@@ -11,8 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
-
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -235,7 +233,18 @@ class StepResult(_Model):
 
     @property
     def failed(self) -> bool:
+        """No answer and no text: no candidate survived (every expert failed or was excluded)."""
         return self.answer is None and not self.text
+
+    @property
+    def output(self) -> str | None:
+        """What the step says, as a reader (or the next step) gets it: the text, else the answer."""
+        return self.text or self.answer
+
+    @property
+    def comparable(self) -> str | None:
+        """What the step answers, as a label compares it: the extracted answer, else the text."""
+        return self.answer if self.answer is not None else (self.text or None)
 
 
 class Step(_Model):

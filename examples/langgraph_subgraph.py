@@ -16,7 +16,7 @@ Run it with the built-in instant experts (no model download, answers at once)::
 
 or with any configuration file, e.g. the bundled local models::
 
-    python examples/langgraph_subgraph.py --config orchestrator/default_config.yaml "Capital of Italy?"
+    python examples/langgraph_subgraph.py --config orchestrator/config/default.yaml "Capital of Italy?"
 
 Pass ``--stream`` to watch the orchestrator's own route/call/aggregate steps as a subgraph.
 """
@@ -35,9 +35,9 @@ from expertgraph.agents import CallableExpert
 from expertgraph.agents.tools import calculator
 from expertgraph.core.types import ExpertCard, RunResult, Task
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.chat import answer_experts
-from expertgraph.orchestrator.subgraph import add_orchestrator_node
-from expertgraph.policies.fixed import AllExperts
+from expertgraph.orchestrator.integrations._chat import answer_experts
+from expertgraph.orchestrator.integrations.langgraph import add_orchestrator_node
+from expertgraph.policies.routing.fixed import AllExperts
 
 
 class Desk(TypedDict, total=False):

@@ -8,10 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Send
-
 from expertgraph.agents.base import Expert
+from expertgraph.core import AggregationContext, ExpertHealth, ExpertView, RoutingState
 from expertgraph.core.types import (
     Decision,
     Generation,
@@ -23,8 +21,7 @@ from expertgraph.core.types import (
     Task,
     Usage,
 )
-from expertgraph.orchestrator.messages import build_messages
-from expertgraph.policies.base import AggregationContext, ExpertHealth, ExpertView, RoutingState
+from expertgraph.orchestrator._prompts import build_messages
 from expertgraph.traces.schema import (
     AggregateRecord,
     CallRecord,
@@ -35,6 +32,8 @@ from expertgraph.traces.schema import (
     StepEnd,
 )
 from expertgraph.traces.store import TraceWriter, new_run_id
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
 
 if TYPE_CHECKING:
     from expertgraph.orchestrator.orchestrator import Orchestrator

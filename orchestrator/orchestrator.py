@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from expertgraph.agents.base import Expert
+from expertgraph.core import Aggregator, Policy
+from expertgraph.core._sync import run_sync
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import Budget, RunResult, Task, Usage
-from expertgraph.orchestrator.config import ExpertGraphConfig, load_config
+from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config
 from expertgraph.orchestrator.graph import GraphState, RunGraph
-from expertgraph.policies.base import Aggregator, Policy
 from expertgraph.traces.store import TraceStore
 
 TaskLike = Task | str | Mapping[str, Any]
@@ -62,11 +63,11 @@ class Orchestrator:
             raise ConfigError(f"duplicate expert names: {duplicates}", field="experts")
         self.experts: dict[str, Expert] = {e.name: e for e in experts}
         if policy is None:
-            from expertgraph.policies.embedding import EmbeddingRouter
+            from expertgraph.policies.routing.embedding import EmbeddingRouter
 
             policy = EmbeddingRouter()
         if aggregator is None:
-            from expertgraph.policies.voting import MajorityVote
+            from expertgraph.policies.aggregation.voting import MajorityVote
 
             aggregator = MajorityVote()
         self.policy = policy
@@ -102,7 +103,7 @@ class Orchestrator:
         Relative paths in the config (trace dir, home) resolve against ``base_dir``, default
         the current working directory.
         """
-        from expertgraph.orchestrator.build import build_from_config
+        from expertgraph.orchestrator.config.build import build_from_config
 
         cfg = load_config(config) if isinstance(config, (str, Path)) else config
         return build_from_config(cfg, cls, base_dir=Path(base_dir) if base_dir else None)
@@ -167,12 +168,8 @@ class Orchestrator:
         return self._result(final, task, started)
 
     def run(self, task: TaskLike, *, run_id: str | None = None) -> RunResult:
-        """Synchronous :meth:`arun`; not for use inside a running event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.arun(task, run_id=run_id))
-        raise RuntimeError("Orchestrator.run() was called inside an event loop; use 'await orch.arun(task)'")
+        """Synchronous :meth:`arun`; inside a running event loop it runs on a worker thread."""
+        return run_sync(self.arun(task, run_id=run_id))
 
     async def astream(self, task: TaskLike, *, run_id: str | None = None) -> AsyncIterator[RunEvent]:
         """Run a task, yielding an event as each node finishes and a final ``end`` event."""

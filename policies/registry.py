@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from expertgraph.core import Aggregator, Policy
 from expertgraph.core.errors import ConfigError
-from expertgraph.policies.base import Aggregator, Policy
-from expertgraph.policies.redflags import RedFlags
+from expertgraph.policies.aggregation.redflags import RedFlags
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass
@@ -45,8 +44,8 @@ class NoOptions(_Options):
 
 
 def _embedding(options: EmbeddingOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.embedder import SentenceTransformerEmbedder
-    from expertgraph.policies.embedding import EmbeddingRouter
+    from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
+    from expertgraph.policies.routing.embedding import EmbeddingRouter
 
     return EmbeddingRouter(
         SentenceTransformerEmbedder(options.embedder),
@@ -57,7 +56,7 @@ def _embedding(options: EmbeddingOptions, ctx: BuildContext) -> Policy:
 
 
 def _fixed(options: FixedOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.fixed import FixedPolicy
+    from expertgraph.policies.routing.fixed import FixedPolicy
 
     missing = [n for n in options.experts if n not in ctx.experts]
     if missing:
@@ -69,13 +68,13 @@ def _fixed(options: FixedOptions, ctx: BuildContext) -> Policy:
 
 
 def _all(options: NoOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.fixed import AllExperts
+    from expertgraph.policies.routing.fixed import AllExperts
 
     return AllExperts()
 
 
 def _majority(options: NoOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.voting import MajorityVote
+    from expertgraph.policies.aggregation.voting import MajorityVote
 
     return MajorityVote()
 
@@ -127,7 +126,7 @@ class JudgeOptions(_Options):
 
 
 def _reliability(options: ReliabilityOptions, ctx: BuildContext) -> dict[str, float]:
-    from expertgraph.policies.voting import load_reliability
+    from expertgraph.policies.aggregation.voting import load_reliability
 
     table: dict[str, float] = {}
     if options.reliability_file:
@@ -138,7 +137,7 @@ def _reliability(options: ReliabilityOptions, ctx: BuildContext) -> dict[str, fl
 
 
 def _weighted(options: WeightedOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.voting import WeightedVote
+    from expertgraph.policies.aggregation.voting import WeightedVote
 
     return WeightedVote(
         options.weights,
@@ -149,7 +148,7 @@ def _weighted(options: WeightedOptions, ctx: BuildContext) -> Aggregator:
 
 
 def _ahead_by_k(options: AheadByKOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.ahead_by_k import AheadByK
+    from expertgraph.policies.aggregation.ahead_by_k import AheadByK
 
     return AheadByK(
         options.k,
@@ -164,14 +163,14 @@ def _ahead_by_k(options: AheadByKOptions, ctx: BuildContext) -> Aggregator:
 
 
 def _medoid(options: MedoidOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.embedder import SentenceTransformerEmbedder
-    from expertgraph.policies.medoid import MedoidAggregator
+    from expertgraph.policies.aggregation.medoid import MedoidAggregator
+    from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 
     return MedoidAggregator(SentenceTransformerEmbedder(options.embedder), red_flags=options.red_flags)
 
 
 def _fusion(options: FusionOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.fusion import LLMFusion, expert_by_name
+    from expertgraph.policies.aggregation.fusion import LLMFusion, expert_by_name
 
     return LLMFusion(
         expert_by_name(ctx.experts, options.expert, "aggregator.expert"),
@@ -183,7 +182,7 @@ def _fusion(options: FusionOptions, ctx: BuildContext) -> Aggregator:
 
 
 def _judge(options: JudgeOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.fusion import JudgeRanking, expert_by_name
+    from expertgraph.policies.aggregation.fusion import JudgeRanking, expert_by_name
 
     return JudgeRanking(
         expert_by_name(ctx.experts, options.expert, "aggregator.expert"),
@@ -258,7 +257,7 @@ def _sub_policy(spec: dict[str, Any], ctx: BuildContext, field_name: str) -> Pol
 
 
 def _llm_router(options: LLMRouterOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.llm_router import LLMRouter
+    from expertgraph.policies.routing.llm_router import LLMRouter
 
     if options.expert not in ctx.experts:
         raise ConfigError(
@@ -278,7 +277,7 @@ def _llm_router(options: LLMRouterOptions, ctx: BuildContext) -> Policy:
 
 
 def _cascade(options: CascadeOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.cascade import CascadePolicy, QualityPredictor
+    from expertgraph.policies.routing.cascade import CascadePolicy, QualityPredictor
 
     _check_names(options.order, ctx, "policy.order")
     predictor = None
@@ -295,7 +294,7 @@ def _cascade(options: CascadeOptions, ctx: BuildContext) -> Policy:
 
 
 def _cascade_aggregator(options: CascadeAggregatorOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.cascade import CascadeAggregator, cascade_order
+    from expertgraph.policies.routing.cascade import CascadeAggregator, cascade_order
 
     _check_names(options.order, ctx, "aggregator.order")
     order = options.order
@@ -311,14 +310,14 @@ def _cascade_aggregator(options: CascadeAggregatorOptions, ctx: BuildContext) ->
 
 
 def _random(options: RandomOptions, ctx: BuildContext) -> Policy:
-    from expertgraph.policies.baselines import RandomPolicy
+    from expertgraph.policies.routing.baselines import RandomPolicy
 
     return RandomPolicy(options.seed, top_k=options.top_k)
 
 
 def _oracle(options: OracleOptions, ctx: BuildContext) -> Policy:
     from expertgraph.core.types import RoutingExample
-    from expertgraph.policies.baselines import OraclePolicy
+    from expertgraph.policies.routing.baselines import OraclePolicy
 
     if not options.allow:
         raise ConfigError(
@@ -359,7 +358,7 @@ class LearnedOptions(_Options):
 def _learned(kind: str) -> Callable[[LearnedOptions, BuildContext], Policy]:
     def build(options: LearnedOptions, ctx: BuildContext) -> Policy:
         from expertgraph.core.errors import PolicyError
-        from expertgraph.policies.learned import LearnedRouter
+        from expertgraph.policies.routing.learned import LearnedRouter
 
         if options.lam is not None and options.target_cost is not None:
             raise ConfigError("policy: give lam or target_cost, not both", field="policy.lam")
@@ -453,7 +452,7 @@ def build_policy(name: str, options: Mapping[str, Any] | None = None, ctx: Build
     """Build a routing policy by its config name (or ``module:Class``).
 
     Every policy also takes ``sticky_margin``: keep the previous step's expert(s) unless
-    another wins by that margin (see :class:`~expertgraph.policies.sticky.StickyPolicy`).
+    another wins by that margin (see :class:`~expertgraph.policies.routing.sticky.StickyPolicy`).
     """
     opts = dict(options or {})
     margin = opts.pop("sticky_margin", None)
@@ -464,7 +463,7 @@ def build_policy(name: str, options: Mapping[str, Any] | None = None, ctx: Build
         raise ConfigError(
             f"policy.sticky_margin: a number >= 0 is required, got {margin!r}", field="policy.sticky_margin"
         )
-    from expertgraph.policies.sticky import StickyPolicy
+    from expertgraph.policies.routing.sticky import StickyPolicy
 
     return StickyPolicy(policy, float(margin))
 

@@ -23,21 +23,21 @@ from expertgraph.core.types import (
     Task,
 )
 from expertgraph.orchestrator.orchestrator import Orchestrator
-from expertgraph.policies.ahead_by_k import AheadByK, Draw, count_votes
-from expertgraph.policies.base import AggregationContext
-from expertgraph.policies.fixed import AllExperts, FixedPolicy
-from expertgraph.policies.fusion import (
+from expertgraph.policies.aggregation.ahead_by_k import AheadByK, Draw, count_votes
+from expertgraph.core import AggregationContext
+from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
+from expertgraph.policies.aggregation.fusion import (
     JudgeRanking,
     LLMFusion,
     parse_choice_ab,
     parse_ranking,
     quote,
 )
-from expertgraph.policies.medoid import MedoidAggregator, medoid_index
-from expertgraph.policies.redflags import RedFlags, typical_lengths
+from expertgraph.policies.aggregation.medoid import MedoidAggregator, medoid_index
+from expertgraph.policies.aggregation.redflags import RedFlags, typical_lengths
 from expertgraph.policies.registry import AGGREGATORS, BuildContext, build_aggregator
-from expertgraph.policies.replay import recorded, replay_step
-from expertgraph.policies.voting import MajorityVote, WeightedVote, reliability_weight
+from expertgraph.policies.aggregation.replay import recorded, replay_step
+from expertgraph.policies.aggregation.voting import MajorityVote, WeightedVote, reliability_weight
 from expertgraph.traces.schema import AggregateRecord, CallRecord
 from expertgraph.traces.store import load_run
 
@@ -241,7 +241,7 @@ def test_replay_serves_requests_from_the_record_like_the_orchestrator() -> None:
 def embedder() -> Any:
     import torch
 
-    from expertgraph.policies.embedder import SentenceTransformerEmbedder
+    from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 
     torch.set_num_threads(1)
     return SentenceTransformerEmbedder()

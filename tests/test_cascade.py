@@ -14,8 +14,8 @@ from expertgraph.agents.tools import calculator
 from expertgraph.core import AnswerFormat, Budget, ExpertCard, PlanStep, RoutingExample, Task
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.policies.base import ExpertView, RoutingState
-from expertgraph.policies.cascade import (
+from expertgraph.core import ExpertView, RoutingState
+from expertgraph.policies.routing.cascade import (
     CascadeAggregator,
     CascadePolicy,
     QualityPredictor,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from expertgraph.core.types import RoutingExample
-from expertgraph.policies.dataset import (
+from expertgraph.policies.data.dataset import (
     DatasetError,
     RoutingDataset,
     detect_layout,
@@ -211,7 +211,7 @@ def test_zeroeval_style_folder_built_here(tmp_path: Path) -> None:
 
 
 def test_zeroeval_shared_gsm_matches_the_parser() -> None:
-    from expertgraph.policies.zeroeval import load_zeroeval
+    from expertgraph.policies.data.zeroeval import load_zeroeval
 
     ds = load_dataset(ZEROEVAL)
     ref = load_zeroeval(ZEROEVAL / "result_dirs" / "gsm")

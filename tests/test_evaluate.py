@@ -10,7 +10,7 @@ import pytest
 
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import RoutingExample
-from expertgraph.policies.cost import (
+from expertgraph.policies.learning.cost import (
     calibrate_lambda,
     calibrate_shares,
     choose,
@@ -18,8 +18,8 @@ from expertgraph.policies.cost import (
     shares,
     utility,
 )
-from expertgraph.policies.dataset import save_jsonl
-from expertgraph.policies.evaluate import (
+from expertgraph.policies.data.dataset import save_jsonl
+from expertgraph.policies.learning.evaluate import (
     aiq,
     apgr,
     baselines,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from expertgraph.core.types import AnswerFormat
-from expertgraph.policies.extract import (
+from expertgraph.policies.aggregation.answers import (
     Extracted,
     extract_answer,
     extract_number,

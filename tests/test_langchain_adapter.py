@@ -35,9 +35,9 @@ from serve_experts import write_config
 
 from expertgraph.agents.callable import CallableExpert
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.chat import NoAnswerError
-from expertgraph.orchestrator.langchain import ChatExpertGraph
-from expertgraph.policies.fixed import AllExperts
+from expertgraph.orchestrator.integrations._chat import NoAnswerError
+from expertgraph.orchestrator.integrations.langchain import ChatExpertGraph
+from expertgraph.policies.routing.fixed import AllExperts
 from expertgraph.traces.schema import CallRecord
 from expertgraph.traces.store import iter_records
 

@@ -19,9 +19,9 @@ import pytest
 
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.core.types import ExpertCard, PlanStep, RoutingExample, Task
-from expertgraph.policies.base import ExpertHealth, ExpertView, RoutingState
-from expertgraph.policies.dataset import from_examples, save_jsonl
-from expertgraph.policies.learned import MODEL_KINDS, LearnedRouter, train_router
+from expertgraph.core import ExpertHealth, ExpertView, RoutingState
+from expertgraph.policies.data.dataset import from_examples, save_jsonl
+from expertgraph.policies.routing.learned import MODEL_KINDS, LearnedRouter, train_router
 from expertgraph.policies.registry import BuildContext, build_policy
 
 pytestmark = pytest.mark.models
@@ -153,7 +153,7 @@ def build_rows(seed: int, per_task: int) -> list[RoutingExample]:
 def embedder() -> Any:
     import torch
 
-    from expertgraph.policies.embedder import SentenceTransformerEmbedder
+    from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 
     torch.set_num_threads(1)
     return SentenceTransformerEmbedder()
@@ -464,7 +464,7 @@ class Counting:
 
 
 def test_embedding_cache_reuses_vectors_across_instances(embedder: Any, tmp_path: Path) -> None:
-    from expertgraph.policies.embed_cache import CachedEmbedder
+    from expertgraph.policies.embeddings.cache import CachedEmbedder
 
     texts = ["What is 2 plus 2?", "Name the capital of Peru.", "What is 2 plus 2?"]
     first = Counting(embedder)
@@ -481,7 +481,7 @@ def test_embedding_cache_reuses_vectors_across_instances(embedder: Any, tmp_path
 
 
 def test_embedding_cache_merges_per_prompt_shards(tmp_path: Path) -> None:
-    from expertgraph.policies import embed_cache
+    from expertgraph.policies.embeddings import cache as embed_cache
 
     class Fixed:
         name = "tiny/embedder v1"  # a name with a path separator and a space

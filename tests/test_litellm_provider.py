@@ -15,8 +15,8 @@ from expertgraph.agents._litellm import import_litellm
 from expertgraph.agents.callable import CallableExpert
 from expertgraph.core.errors import ConfigError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.litellm_provider import CONFIG_ENV, ExpertGraphLLM, register
-from expertgraph.policies.fixed import AllExperts
+from expertgraph.orchestrator.integrations.litellm import CONFIG_ENV, ExpertGraphLLM, register
+from expertgraph.policies.routing.fixed import AllExperts
 from expertgraph.traces.schema import CallRecord
 from expertgraph.traces.store import iter_records
 
@@ -133,14 +133,14 @@ def test_live_orchestrator(tmp_path: Path) -> None:
 
 
 def test_proxy_handler_as_the_litellm_proxy_loads_it(configs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a LiteLLM proxy does with ``custom_handler: expertgraph.orchestrator.litellm_provider.proxy_handler``.
+    """What a LiteLLM proxy does with ``custom_handler: expertgraph.orchestrator.integrations.litellm.proxy_handler``.
 
     The proxy itself (``litellm[proxy]``) is not installed here; its loader and its router are.
     """
     from litellm.proxy.types_utils.utils import get_instance_fn
 
     monkeypatch.setenv(CONFIG_ENV, str(configs / "main.yaml"))
-    proxy_handler = get_instance_fn("expertgraph.orchestrator.litellm_provider.proxy_handler", config_file_path=str(configs / "proxy.yaml"))
+    proxy_handler = get_instance_fn("expertgraph.orchestrator.integrations.litellm.proxy_handler", config_file_path=str(configs / "proxy.yaml"))
     assert isinstance(proxy_handler, ExpertGraphLLM)
     saved = list(litellm.custom_provider_map)
     monkeypatch.setattr(litellm, "custom_provider_map", [{"provider": "expertgraph", "custom_handler": proxy_handler}])

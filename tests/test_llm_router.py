@@ -18,8 +18,8 @@ from expertgraph.agents.tools import calculator
 from expertgraph.core import ExpertCard, Message, PlanStep, Task
 from expertgraph.orchestrator import Orchestrator
 from expertgraph.policies import EmbeddingRouter, FixedPolicy
-from expertgraph.policies.base import RoutingState
-from expertgraph.policies.llm_router import LLMRouter, first_json_object, quote
+from expertgraph.core import RoutingState
+from expertgraph.policies.routing.llm_router import LLMRouter, first_json_object, quote
 from expertgraph.policies.registry import BuildContext, build_policy
 from expertgraph.traces import RouteRecord, load_run
 
@@ -276,7 +276,7 @@ def test_sync_decide_and_helpers() -> None:
     script = ScriptedRouter(lambda messages: 'ok: {"action": "call", "experts": ["calc"]}')
     experts = _experts()
     policy = LLMRouter(CallableExpert("router", script), FixedPolicy(["atlas"]))
-    from expertgraph.policies.base import ExpertView
+    from expertgraph.core import ExpertView
 
     state = RoutingState(
         task=Task(prompt="What is 3 + 4?"),

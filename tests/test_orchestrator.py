@@ -25,7 +25,7 @@ from expertgraph.core import (
 )
 from expertgraph.orchestrator import Orchestrator
 from expertgraph.policies import AllExperts, EmbeddingRouter, FixedPolicy, MajorityVote
-from expertgraph.policies.base import AggregationContext, Aggregator
+from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.traces import AggregateRecord, CallRecord, RouteRecord, RunEnd, RunStart, load_run
 
 CAPITALS = {"france": "Paris", "japan": "Tokyo", "italy": "Rome", "peru": "Lima"}
@@ -317,7 +317,7 @@ def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
 
 def test_a_policys_own_cost_counts_against_the_budget(tmp_path: Path) -> None:
     from expertgraph.core import Decision, Usage
-    from expertgraph.policies.base import Policy, RoutingState, finish_decision, next_instruction
+    from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
 
     class PricyRouter(Policy):
         name = "pricy-router"
@@ -345,7 +345,7 @@ def test_a_policys_own_cost_counts_against_the_budget(tmp_path: Path) -> None:
 
 
 def test_a_fusers_own_call_counts_in_the_step_and_run_usage(tmp_path: Path) -> None:
-    from expertgraph.policies.fusion import LLMFusion
+    from expertgraph.policies.aggregation.fusion import LLMFusion
 
     def priced(text: str) -> object:
         return lambda prompt: {"text": text, "input_tokens": 100, "output_tokens": 10}

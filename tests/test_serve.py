@@ -19,8 +19,8 @@ from serve_experts import write_config
 
 from expertgraph.core.errors import ConfigError
 from expertgraph.orchestrator import Orchestrator, RunEvent
-from expertgraph.orchestrator.catalog import ModelCatalog, UnknownModelError
-from expertgraph.orchestrator.serve import (
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog, UnknownModelError
+from expertgraph.orchestrator.integrations.server import (
     TRACE_HEADER,
     ServerThread,
     ServeSettings,
@@ -319,7 +319,7 @@ class _CrashingOrchestrator(Orchestrator):
 
 def test_crash_is_500_before_first_byte_and_error_event_after(config_dir: Path) -> None:
     from expertgraph.agents.callable import CallableExpert
-    from expertgraph.policies.fixed import AllExperts
+    from expertgraph.policies.routing.fixed import AllExperts
 
     orch = _CrashingOrchestrator(
         [CallableExpert("e", lambda text: text)], AllExperts(), trace_dir=config_dir / "traces"

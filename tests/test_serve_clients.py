@@ -14,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 from serve_experts import write_config
 
-from expertgraph.orchestrator.catalog import ModelCatalog
-from expertgraph.orchestrator.serve import ServerThread, ServeSettings, create_app
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog
+from expertgraph.orchestrator.integrations.server import ServerThread, ServeSettings, create_app
 from expertgraph.traces.schema import CallRecord
 from expertgraph.traces.store import iter_records
 

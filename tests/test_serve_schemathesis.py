@@ -24,8 +24,8 @@ import httpx
 import pytest
 from serve_experts import write_config
 
-from expertgraph.orchestrator.catalog import ModelCatalog
-from expertgraph.orchestrator.serve import ServerThread, ServeSettings, create_app
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog
+from expertgraph.orchestrator.integrations.server import ServerThread, ServeSettings, create_app
 
 KEY = "sk-schemathesis-000000"
 MAX_EXAMPLES = 50

@@ -12,10 +12,10 @@ from expertgraph.agents import CallableExpert
 from expertgraph.core import Decision, ExpertCard, PlanStep, RoutingExample, Task
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.policies.base import ExpertView, Policy, RoutingState
-from expertgraph.policies.baselines import OraclePolicy, RandomPolicy
+from expertgraph.core import ExpertView, Policy, RoutingState
+from expertgraph.policies.routing.baselines import OraclePolicy, RandomPolicy
 from expertgraph.policies.registry import BuildContext, build_policy
-from expertgraph.policies.sticky import StickyPolicy
+from expertgraph.policies.routing.sticky import StickyPolicy
 from expertgraph.traces import RouteRecord, load_run
 
 

@@ -17,8 +17,8 @@ from serve_experts import write_config
 
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.chat import NoAnswerError, answer_experts
-from expertgraph.orchestrator.subgraph import add_orchestrator_node
+from expertgraph.orchestrator.integrations._chat import NoAnswerError, answer_experts
+from expertgraph.orchestrator.integrations.langgraph import add_orchestrator_node
 from expertgraph.traces.schema import CallRecord, RunStart
 from expertgraph.traces.store import iter_records
 

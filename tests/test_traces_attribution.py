@@ -15,11 +15,11 @@ from expertgraph.agents.callable import CallableExpert
 from expertgraph.core.errors import ConfigError, TraceError
 from expertgraph.core.types import AnswerFormat, Generation, PlanStep, StepResult, Task
 from expertgraph.orchestrator.cli import main
-from expertgraph.orchestrator.cli_traces import aggregation_context, aggregator_factory
+from expertgraph.policies.specs import aggregator_factory
 from expertgraph.orchestrator.orchestrator import Orchestrator
-from expertgraph.policies.base import AggregationContext
-from expertgraph.policies.fixed import AllExperts
-from expertgraph.policies.voting import MajorityVote
+from expertgraph.core import AggregationContext
+from expertgraph.policies.routing.fixed import AllExperts
+from expertgraph.policies.aggregation.voting import MajorityVote
 from expertgraph.traces.attribution import StepGame, attribute_run, shapley_values
 from expertgraph.traces.labels import LabelStore, Reference
 from expertgraph.traces.store import TraceStore
@@ -94,7 +94,7 @@ def test_values_come_from_labels_when_labelled(tmp_path: Path) -> None:
     labels.add(run_id, 0.0)
     trace = store.load(run_id)
     result = attribute_run(
-        trace, aggregator_factory(trace), labels=labels.latest(run_id), context_factory=aggregation_context
+        trace, aggregator_factory(trace), labels=labels.latest(run_id)
     )
     by_step = {s.step: s for s in result.steps}
     zero = by_step[0]

@@ -24,8 +24,8 @@ from expertgraph.core.errors import TraceError
 from expertgraph.core.types import AnswerFormat, PlanStep, RoutingExample, Task
 from expertgraph.orchestrator.cli import main
 from expertgraph.orchestrator.orchestrator import Orchestrator
-from expertgraph.policies.fixed import AllExperts, FixedPolicy
-from expertgraph.policies.voting import MajorityVote
+from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
+from expertgraph.policies.aggregation.voting import MajorityVote
 from expertgraph.traces.analysis import summarize
 from expertgraph.traces.index import TraceIndex
 from expertgraph.traces.labels import LabelStore

@@ -13,8 +13,8 @@ from expertgraph.agents.base import ExpertCallError
 from expertgraph.agents.callable import CallableExpert
 from expertgraph.core.types import AnswerFormat, Task
 from expertgraph.orchestrator.orchestrator import Orchestrator
-from expertgraph.policies.fixed import AllExperts
-from expertgraph.policies.voting import MajorityVote
+from expertgraph.policies.routing.fixed import AllExperts
+from expertgraph.policies.aggregation.voting import MajorityVote
 from expertgraph.traces.export import export_dataset
 from expertgraph.traces.labels import LabelStore
 from expertgraph.traces.redact import REDACTED, Redactor

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from expertgraph.policies.zeroeval import ZeroEvalError, load_zeroeval, score_answer
+from expertgraph.policies.data.zeroeval import ZeroEvalError, load_zeroeval, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each model: the chance its reply is right, and how it writes its answer.

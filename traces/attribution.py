@@ -23,10 +23,12 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from expertgraph.core.errors import TraceError
-from expertgraph.core.types import AnswerFormat, Generation, StepResult, Task
+from expertgraph.core.protocols import Aggregator
+from expertgraph.core.state import AggregationContext, step_answer_format
+from expertgraph.core.types import Generation
 from expertgraph.traces.labels import Label, LabelStore, Reference, step_references
 from expertgraph.traces.store import RunTrace
 
@@ -34,55 +36,22 @@ EXACT_MAX_PLAYERS = 10
 DEFAULT_PERMUTATIONS = 2000
 
 
-class AggregatorLike(Protocol):
-    """What attribution needs of an aggregator: ``combine`` (see ``policies.base.Aggregator``)."""
-
-    name: str
-
-    def combine(self, candidates: list[Generation], context: Any) -> StepResult: ...
-
-
-@dataclass
-class StepContext:
-    """What the trace knows of a step's aggregation; turned into the aggregator's context."""
-
-    task: Task
-    step: int
-    instruction: str
-    answer_format: AnswerFormat
-    scores: dict[str, float] = field(default_factory=dict)
-    order: list[str] = field(default_factory=list)
-    calls_left: int = 0
-    """0: a replayed aggregator gets no more samples, so it must decide with what it has."""
-    round: int = 0
-
-
-AggregatorFactory = Callable[[str], AggregatorLike]
+AggregatorFactory = Callable[[str], Aggregator]
 """Aggregator name (as recorded in ``StepResult.aggregator``) -> a live aggregator."""
-ContextFactory = Callable[[StepContext], Any]
-"""Builds the aggregator's context (``policies.base.AggregationContext``) from a StepContext."""
 
 
-def _identity_context(ctx: StepContext) -> Any:
-    # StepContext has every field of AggregationContext, so duck-typed aggregators accept it.
-    return ctx
+def step_contexts(trace: RunTrace) -> dict[int, AggregationContext]:
+    """The aggregation context of each recorded step, rebuilt from the trace.
 
-
-def step_answer_format(task: Task, step: int) -> AnswerFormat:
-    """The answer format a step was aggregated with (its plan step's, else the task's)."""
-    if task.plan is not None and step < len(task.plan) and task.plan[step].answer_format:
-        return task.plan[step].answer_format  # type: ignore[return-value]
-    return task.answer_format
-
-
-def step_contexts(trace: RunTrace) -> dict[int, StepContext]:
-    """The aggregation context of each recorded step, rebuilt from the trace."""
+    ``calls_left`` is 0: a replayed aggregator gets no more samples, so it decides with what
+    was recorded.
+    """
     task = trace.start.task
-    out: dict[int, StepContext] = {}
+    out: dict[int, AggregationContext] = {}
     for step in trace.steps():
         scores = dict(step.decision.scores)
         rounds = len(step.result.meta.get("requests", [])) if step.result else 0
-        out[step.index] = StepContext(
+        out[step.index] = AggregationContext(
             task=task,
             step=step.index,
             instruction=step.instruction,
@@ -94,11 +63,6 @@ def step_contexts(trace: RunTrace) -> dict[int, StepContext]:
     return out
 
 
-def answer_of(result: StepResult) -> str | None:
-    """The comparable answer of an aggregator's result (``answer``, else its text)."""
-    if result.answer is not None:
-        return result.answer
-    return result.text or None
 
 
 class StepGame:
@@ -107,8 +71,8 @@ class StepGame:
     def __init__(
         self,
         candidates: Sequence[Generation],
-        aggregator: AggregatorLike,
-        context: Any,
+        aggregator: Aggregator,
+        context: AggregationContext,
         reference: Reference,
         expected_norm: str | None = None,
     ) -> None:
@@ -130,7 +94,7 @@ class StepGame:
         subset = [g for g in self.candidates if g.expert in coalition]
         try:
             result = self.aggregator.combine(subset, self.context)
-            answer = answer_of(result)
+            answer = result.comparable
         except Exception:  # noqa: BLE001 - an aggregator that fails on a subset yields no answer
             answer = None
         value = self.reference.value(answer, self.expected_norm)
@@ -262,11 +226,12 @@ class RunAttribution:
 
 
 def normalise_expected(
-    expected: str, aggregator: AggregatorLike, context: Any
+    expected: str, aggregator: Aggregator, context: AggregationContext
 ) -> str | None:
     """The expected answer as the aggregator normalises answers (it votes on it alone)."""
     try:
-        return answer_of(aggregator.combine([Generation(expert="__expected__", text=expected)], context))
+        probe = [Generation(expert="__expected__", text=expected)]
+        return aggregator.combine(probe, context).comparable
     except Exception:  # noqa: BLE001
         return None
 
@@ -276,7 +241,6 @@ def attribute_run(
     aggregator_factory: AggregatorFactory,
     *,
     labels: dict[int | None, Label] | None = None,
-    context_factory: ContextFactory = _identity_context,
     exact_max: int = EXACT_MAX_PLAYERS,
     permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
@@ -292,7 +256,7 @@ def attribute_run(
         )
     refs = step_references(trace, labels)
     contexts = step_contexts(trace)
-    aggregators: dict[str, AggregatorLike | None] = {}
+    aggregators: dict[str, Aggregator | None] = {}
     failures: dict[str, str] = {}
     out = RunAttribution(run_id=trace.run_id, steps=[])
     for step in trace.steps():
@@ -313,7 +277,7 @@ def attribute_run(
         if aggregator is None:
             out.skipped[step.index] = f"aggregator {name!r} cannot be rebuilt for replay ({failures[name]})"
             continue
-        context = context_factory(contexts[step.index])
+        context = contexts[step.index]
         ref = refs[step.index]
         expected_norm = (
             normalise_expected(ref.expected, aggregator, context) if ref.expected is not None else None

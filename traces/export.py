@@ -30,8 +30,6 @@ from typing import Any
 from expertgraph.core.types import Generation, RoutingExample, candidate_key
 from expertgraph.traces.attribution import (
     AggregatorFactory,
-    ContextFactory,
-    _identity_context,
     normalise_expected,
     step_contexts,
 )
@@ -63,7 +61,6 @@ def run_examples(
     references: dict[int, Reference],
     *,
     aggregator_factory: AggregatorFactory | None = None,
-    context_factory: ContextFactory = _identity_context,
     labelled_only: bool = False,
     stats: ExportStats | None = None,
 ) -> list[RoutingExample]:
@@ -88,7 +85,7 @@ def run_examples(
         if ref.expected is not None:
             if aggregator_factory is not None:
                 try:
-                    context = context_factory(contexts[step.index])
+                    context = contexts[step.index]
                     expected_norm = normalise_expected(
                         ref.expected, aggregator_factory(step.result.aggregator), context
                     )
@@ -150,7 +147,6 @@ def export_dataset(
     out: str | Path,
     *,
     aggregator_factory: AggregatorFactory | None = None,
-    context_factory: ContextFactory = _identity_context,
     labelled_only: bool = False,
     runs: list[str] | None = None,
 ) -> ExportStats:
@@ -175,7 +171,6 @@ def export_dataset(
                 trace,
                 refs,
                 aggregator_factory=aggregator_factory,
-                context_factory=context_factory,
                 labelled_only=labelled_only,
                 stats=stats,
             ):

@@ -18,7 +18,13 @@ from typing import Any
 
 from expertgraph.core.types import candidate_key
 from expertgraph.traces.schema import RunEnd
-from expertgraph.traces.store import DEFAULT_TRACE_DIR, LABELS_SUFFIX, RunTrace, is_trace_file, load_run
+from expertgraph.traces.store import (
+    DEFAULT_TRACE_DIR,
+    LABELS_SUFFIX,
+    RunTrace,
+    is_trace_file,
+    load_run,
+)
 
 INDEX_NAME = "index.sqlite"
 INDEX_VERSION = 1

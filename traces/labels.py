@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from expertgraph.core.errors import TraceCorruptionError, TraceError
 from expertgraph.traces.redact import Redactor
 from expertgraph.traces.store import (
@@ -40,6 +38,7 @@ from expertgraph.traces.store import (
     iter_lines,
     load_run,
 )
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 LABEL_VERSION = 1
 

@@ -15,59 +15,18 @@ agreement, the label's score under a label) and its recorded cost.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from expertgraph.core.types import Decision, Generation, PlanStep, Step, Task, Usage
-from expertgraph.traces.attribution import (
-    AggregatorFactory,
-    AggregatorLike,
-    ContextFactory,
-    _identity_context,
-    answer_of,
-    normalise_expected,
-    step_contexts,
-)
+from expertgraph.core.protocols import Aggregator, Policy
+from expertgraph.core.state import ExpertHealth, ExpertView, RoutingState
+from expertgraph.core.types import Generation, Usage
+from expertgraph.traces.attribution import AggregatorFactory, normalise_expected, step_contexts
 from expertgraph.traces.labels import LabelStore, step_references
-from expertgraph.traces.schema import CallRecord, ExpertInfo
+from expertgraph.traces.schema import CallRecord
 from expertgraph.traces.store import RunTrace
-
-
-class PolicyLike(Protocol):
-    """What replay needs of a routing policy (see ``policies.base.Policy``)."""
-
-    name: str
-
-    def decide(self, state: Any) -> Decision: ...
-
-
-@dataclass
-class RecordedHealth:
-    """An expert's calls and errors in the run before the step."""
-
-    calls: int = 0
-    errors: int = 0
-    last_error: str | None = None
-
-
-@dataclass
-class RouteContext:
-    """What the trace knows when step ``step_index`` was routed; becomes a ``RoutingState``."""
-
-    task: Task
-    step_index: int
-    experts: list[ExpertInfo]
-    health: dict[str, RecordedHealth]
-    steps: list[Step]
-    plan_step: PlanStep | None
-    top_k: int
-    spent: Usage
-
-
-StateFactory = Callable[[RouteContext], Any]
-"""RouteContext -> the policy's state (``policies.base.RoutingState``)."""
 
 
 @dataclass
@@ -128,31 +87,36 @@ class ReplayReport:
         }
 
 
-def _route_contexts(trace: RunTrace) -> dict[int, RouteContext]:
+def routing_states(trace: RunTrace) -> dict[int, RoutingState]:
+    """The state each recorded step was routed from: earlier steps, health and spend so far."""
     start = trace.start
     task = start.task
     steps = trace.steps()
     top_k = int(start.config.get("top_k", 1) or 1)
-    out: dict[int, RouteContext] = {}
-    health: dict[str, RecordedHealth] = {e.name: RecordedHealth() for e in start.experts}
+    out: dict[int, RoutingState] = {}
+    health: dict[str, ExpertHealth] = {e.name: ExpertHealth() for e in start.experts}
     calls_by_step: dict[int, list[CallRecord]] = {}
     for record in trace.records:
         if isinstance(record, CallRecord):
             calls_by_step.setdefault(record.step, []).append(record)
     spent = Usage()
     for i, step in enumerate(steps):
-        out[step.index] = RouteContext(
+        views = [
+            ExpertView(name=e.name, card=e.card, kind=e.kind, health=replace(health[e.name]))
+            for e in start.experts
+        ]
+        plan = task.plan
+        out[step.index] = RoutingState(
             task=task,
             step_index=step.index,
-            experts=list(start.experts),
-            health={k: RecordedHealth(v.calls, v.errors, v.last_error) for k, v in health.items()},
+            experts=views,
             steps=steps[:i],
-            plan_step=task.plan[step.index] if task.plan is not None and step.index < len(task.plan) else None,
+            plan_step=plan[step.index] if plan is not None and step.index < len(plan) else None,
             top_k=top_k,
             spent=spent,
         )
         for record in calls_by_step.get(step.index, []):
-            h = health.setdefault(record.generation.expert, RecordedHealth())
+            h = health.setdefault(record.generation.expert, ExpertHealth())
             h.calls += 1
             if record.generation.error is not None:
                 h.errors += 1
@@ -166,10 +130,8 @@ def replay_run(
     report: ReplayReport,
     *,
     aggregator_factory: AggregatorFactory,
-    policy: PolicyLike | None = None,
-    state_factory: StateFactory | None = None,
-    aggregator: AggregatorLike | None = None,
-    context_factory: ContextFactory = _identity_context,
+    policy: Policy | None = None,
+    aggregator: Aggregator | None = None,
     labels: dict[Any, Any] | None = None,
 ) -> None:
     """Add one run's steps to ``report``.
@@ -184,15 +146,14 @@ def replay_run(
         return
     refs = step_references(trace, labels)
     contexts = step_contexts(trace)
-    routes = _route_contexts(trace) if policy is not None else {}
+    routes = routing_states(trace) if policy is not None else {}
     for step in steps:
         if step.result is None:
             report.not_evaluable["step has no aggregate record"] += 1
             continue
         if policy is not None:
-            assert state_factory is not None, "replaying a policy needs a state_factory"
             try:
-                decision = policy.decide(state_factory(routes[step.index]))
+                decision = policy.decide(routes[step.index])
             except Exception as exc:  # noqa: BLE001 - a policy failing on a step is reported
                 report.not_evaluable[f"policy failed: {type(exc).__name__}"] += 1
                 continue
@@ -216,9 +177,9 @@ def replay_run(
         except Exception:  # noqa: BLE001 - e.g. an aggregator that needs live experts
             report.not_evaluable[f"aggregator {step.result.aggregator!r} cannot be rebuilt for replay"] += 1
             continue
-        context = context_factory(contexts[step.index])
+        context = contexts[step.index]
         try:
-            answer = answer_of(live.combine(candidates, context))
+            answer = live.combine(candidates, context).comparable
         except Exception as exc:  # noqa: BLE001
             report.not_evaluable[f"aggregator failed: {type(exc).__name__}"] += 1
             continue
@@ -244,10 +205,8 @@ def replay(
     directory: str | Path,
     *,
     aggregator_factory: AggregatorFactory,
-    policy: PolicyLike | None = None,
-    state_factory: StateFactory | None = None,
-    aggregator: AggregatorLike | None = None,
-    context_factory: ContextFactory = _identity_context,
+    policy: Policy | None = None,
+    aggregator: Aggregator | None = None,
     runs: Sequence[str] | None = None,
 ) -> ReplayReport:
     """Replay a policy and/or aggregator on every finished run of a trace directory."""
@@ -263,9 +222,7 @@ def replay(
             report,
             aggregator_factory=aggregator_factory,
             policy=policy,
-            state_factory=state_factory,
             aggregator=aggregator,
-            context_factory=context_factory,
             labels=labels.latest(trace.run_id),
         )
     return report

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-
 from expertgraph.core.types import (
     Decision,
     ExpertCard,
@@ -15,7 +13,7 @@ from expertgraph.core.types import (
     Task,
     Usage,
 )
-
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 TRACE_VERSION = 2
 """Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added (files

@@ -10,12 +10,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
-
-from pydantic import ValidationError
 
 from expertgraph.core.errors import TraceCorruptionError, TraceError
 from expertgraph.core.types import RunResult, Step, StepResult, Usage
@@ -24,8 +22,8 @@ from expertgraph.traces.schema import (
     OMITTED,
     TRACE_VERSION,
     AggregateRecord,
-    Capture,
     CallRecord,
+    Capture,
     RouteRecord,
     RunEnd,
     RunStart,
@@ -33,6 +31,7 @@ from expertgraph.traces.schema import (
     TraceRecord,
     record_adapter,
 )
+from pydantic import ValidationError
 
 DEFAULT_TRACE_DIR = ".expertgraph/traces"
 LABELS_SUFFIX = ".labels.jsonl"

@@ -1,0 +1,137 @@
+"""What policies and aggregators read: the run's state as the orchestrator (or a replay) sees it.
+
+The one copy of each rule shared by routing, aggregation and traces lives here: which experts
+are usable, and what a finished run answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from expertgraph.core.types import (
+    AnswerFormat,
+    Decision,
+    ExpertCard,
+    PlanStep,
+    Step,
+    Task,
+    Usage,
+)
+
+
+@dataclass
+class ExpertHealth:
+    """What the run has seen of an expert so far (calls and failures before this step)."""
+
+    calls: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+    @property
+    def usable(self) -> bool:
+        """False once the expert was called and failed every call: routing goes around it."""
+        return not (self.calls and self.errors >= self.calls)
+
+
+@dataclass
+class ExpertView:
+    """An expert as a policy sees it: no live object, only its card and health."""
+
+    name: str
+    card: ExpertCard
+    kind: str = "expert"
+    health: ExpertHealth = field(default_factory=ExpertHealth)
+
+
+@dataclass
+class RoutingState:
+    """Everything a policy may read to choose the next step."""
+
+    task: Task
+    step_index: int
+    experts: list[ExpertView]
+    steps: list[Step] = field(default_factory=list)
+    plan_step: PlanStep | None = None
+    """The plan's next sub-step; None for an open task, where the policy picks the instruction."""
+    top_k: int = 1
+    spent: Usage = field(default_factory=Usage)
+
+    @property
+    def instruction(self) -> str | None:
+        return self.plan_step.instruction if self.plan_step else None
+
+    @property
+    def allowed(self) -> list[ExpertView]:
+        """Experts the plan step allows (all of them when it names none), healthy or not."""
+        names = self.plan_step.experts if self.plan_step and self.plan_step.experts else None
+        return [e for e in self.experts if names is None or e.name in names]
+
+    @property
+    def candidates(self) -> list[ExpertView]:
+        """Experts this step may use: the plan step's restriction, minus unusable ones.
+
+        When every allowed expert has failed every call, all allowed experts come back: a
+        step is better sent to an expert that may have recovered than to nobody.
+        """
+        allowed = self.allowed
+        usable = [e for e in allowed if e.health.usable]
+        return usable or allowed
+
+    @property
+    def routed_around(self) -> list[str]:
+        """Allowed experts left out of :attr:`candidates` because they failed every call."""
+        kept = {e.name for e in self.candidates}
+        return [e.name for e in self.allowed if e.name not in kept]
+
+    @property
+    def k(self) -> int:
+        return self.plan_step.top_k if self.plan_step and self.plan_step.top_k else self.top_k
+
+
+@dataclass
+class AggregationContext:
+    """What an aggregator knows about the step whose candidates it combines."""
+
+    task: Task
+    instruction: str
+    answer_format: AnswerFormat
+    scores: dict[str, float] = field(default_factory=dict)
+    """Router score per expert, for tie-breaks and weights."""
+    order: list[str] = field(default_factory=list)
+    """The router's order of experts, best first."""
+    calls_left: int = 0
+    """How many more expert calls the step's call limit and the run's cost budget allow;
+    0 for a replay, where no more samples can be had."""
+    round: int = 0
+    """0 for the first batch of candidates, 1.. after each request for more."""
+    step: int = 0
+    """The step's index in its run."""
+
+
+def step_answer_format(task: Task, step: int) -> AnswerFormat:
+    """The answer format a step is aggregated with: its plan step's, else the task's."""
+    if task.plan is not None and step < len(task.plan) and task.plan[step].answer_format:
+        return task.plan[step].answer_format
+    return task.answer_format
+
+
+def next_instruction(state: RoutingState) -> str | None:
+    """The instruction of the next step for policies that do not write their own.
+
+    A plan's step gives it; an open task is answered in one step (the task itself), after
+    which the run finishes. Policies that plan (an LLM router) override this behaviour.
+    """
+    if state.plan_step is not None:
+        return state.plan_step.instruction
+    return state.task.text if not state.steps else None
+
+
+def finish_decision(state: RoutingState, policy: str, rationale: str) -> Decision:
+    """Finish with the last step's answer."""
+    last = state.steps[-1].result if state.steps else None
+    answer = last.output if last is not None else None
+    return Decision(action="finish", policy=policy, rationale=rationale, answer=answer)

@@ -1,0 +1,276 @@
+"""``expertgraph run`` and ``expertgraph experts``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from expertgraph.core.errors import ConfigError
+from expertgraph.core.types import Budget, PlanStep, RunResult, Task
+from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config, parse_config
+from pydantic import ValidationError
+
+LOCAL_CONFIG_NAMES = ("expertgraph.yaml", "expertgraph.yml", "expertgraph.toml")
+
+
+def default_config_text() -> str:
+    """The built-in configuration: the bundled local models plus a calculator tool."""
+    return resources.files("expertgraph.orchestrator.config").joinpath("default.yaml").read_text()
+
+
+def resolve_config(path: str | None) -> tuple[ExpertGraphConfig, str]:
+    """``--config`` if given, else ``./expertgraph.yaml``, else the built-in default."""
+    if path:
+        return load_config(path), path
+    for name in LOCAL_CONFIG_NAMES:
+        if Path(name).is_file():
+            return load_config(name), name
+    text = default_config_text()
+    return parse_config(yaml.safe_load(text), path="<built-in default config>", text=text), "<built-in>"
+
+
+def load_plan(path: str) -> Task:
+    """Read a plan file: ``{prompt?, steps: [{instruction, answer_format?, experts?, top_k?}]}``
+    or a bare list of steps (strings or mappings)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read plan {path}: {exc.strerror or exc}", path=path) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}", path=path) from exc
+    if isinstance(data, list):
+        data = {"steps": data}
+    if not isinstance(data, dict) or "steps" not in data:
+        raise ConfigError(f"{path}: a plan needs a 'steps' list", path=path, field="steps")
+    steps = [{"instruction": s} if isinstance(s, str) else s for s in data.pop("steps") or []]
+    if not steps:
+        raise ConfigError(f"{path}: 'steps' is empty", path=path, field="steps")
+    try:
+        return Task(plan=[PlanStep.model_validate(s) for s in steps], **data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: "
+            + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"])
+            for e in exc.errors()
+        ]
+        raise ConfigError(f"{path}: invalid plan: " + "; ".join(problems), path=path) from None
+
+
+def _apply_overrides(cfg: ExpertGraphConfig, args: argparse.Namespace) -> ExpertGraphConfig:
+    update: dict[str, Any] = {}
+    if args.top_k is not None:
+        update["top_k"] = args.top_k
+    if args.policy:
+        update["policy"] = cfg.policy.model_validate({"name": args.policy})
+    if args.aggregate:
+        options: dict[str, Any] = {"name": args.aggregate}
+        if args.k is not None:
+            options["k"] = args.k
+        update["aggregator"] = cfg.aggregator.model_validate(options)
+    elif args.k is not None:
+        raise ConfigError("--k needs --aggregate (e.g. --aggregate ahead-by-k --k 2)", field="k")
+    budget = cfg.budget.model_dump()
+    for key in ("max_steps", "max_cost", "deadline_s"):
+        value = getattr(args, key)
+        if value is not None:
+            budget[key] = value
+    update["budget"] = Budget.model_validate(budget)
+    if args.trace_dir:
+        update["trace"] = cfg.trace.model_copy(update={"dir": args.trace_dir})
+    return cfg.model_copy(update=update)
+
+
+def _short(text: str | None, width: int = 70) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def step_answer(result: RunResult, index: int) -> str | None:
+    """What a person reads as a step's answer: the extracted answer for number, choice and
+    JSON steps, the expert's own words for free-text steps."""
+    step = result.steps[index]
+    if step.result is None:
+        return None
+    plan = result.task.plan
+    fmt = (plan[index].answer_format if plan and index < len(plan) else None) or result.task.answer_format
+    if fmt.kind == "text":
+        return step.result.text or step.result.answer
+    return step.result.answer if step.result.answer is not None else (step.result.text or None)
+
+
+def _step_json(result: RunResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": s.index + 1,
+            "instruction": s.instruction,
+            "experts": s.decision.experts,
+            "scores": {k: round(v, 6) for k, v in s.decision.scores.items()},
+            "answer": step_answer(result, i),
+        }
+        for i, s in enumerate(result.steps)
+    ]
+
+
+def _print_result(result: RunResult, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="route taken", show_lines=False)
+    for column in ("step", "instruction", "routed to", "scores (router)", "votes", "answer"):
+        table.add_column(column, overflow="fold")
+    for s in result.steps:
+        scores = ", ".join(f"{n} {v:.2f}" for n, v in sorted(s.decision.scores.items(), key=lambda kv: -kv[1]))
+        votes = ""
+        answer = ""
+        if s.result is not None:
+            votes = ", ".join(f"{_short(a, 20)}: {v:g}" for a, v in s.result.votes.items())
+            if s.result.excluded:
+                votes += f" ({len(s.result.excluded)} excluded)"
+            answer = s.result.text or s.result.answer or "(no usable answer)"
+        table.add_row(str(s.index + 1), _short(s.instruction, 40), ", ".join(s.decision.experts), scores, votes, _short(answer, 40))
+    console.print(table)
+    for s in result.steps:
+        console.print(f"[dim]step {s.index + 1} why:[/] {s.decision.rationale}")
+    console.print(f"[bold]answer:[/] {result.answer}")
+    console.print(
+        f"stop: {result.stop_reason} | tokens {result.usage.input_tokens}+{result.usage.output_tokens} "
+        f"| cost ${result.usage.cost:.6f} | {result.latency_s:.1f}s | trace {result.trace_path}"
+    )
+
+
+async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) -> RunResult:
+    result: RunResult | None = None
+    started = time.perf_counter()
+    if show:
+        console.print(f"[dim]loading {len(orch.experts)} experts…[/]")
+    for name, error in (await orch.aload()).items():
+        if error is not None:
+            console.print(f"[yellow]expert {name} did not load; it will be routed around: {error}[/]")
+    if show:
+        console.print(f"[dim]loaded in {time.perf_counter() - started:.1f}s[/]")
+    async for event in orch.astream(task):
+        if event.node == "end":
+            result = event.result
+        elif show and event.node == "route" and event.data.get("decision") is not None:
+            decision = event.data["decision"]
+            console.print(
+                f"[cyan]step {event.step + 1}[/] → {', '.join(decision.experts)} "
+                f"[dim]({_short(decision.instruction, 50)})[/]"
+            )
+        elif show and event.node == "aggregate" and event.data.get("steps"):
+            step = event.data["steps"][-1]
+            text = step.result.text or step.result.answer if step.result else None
+            console.print(
+                f"[green]step {step.index + 1} done[/] in {time.perf_counter() - started:.1f}s: "
+                f"{_short(text or '(no usable answer)', 60)}"
+            )
+    assert result is not None
+    return result
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from expertgraph.orchestrator.orchestrator import Orchestrator
+    from rich.console import Console
+
+    if not args.task and not args.plan:
+        raise ConfigError("give a TASK or --plan steps.yaml")
+    cfg, _ = resolve_config(args.config)
+    cfg = _apply_overrides(cfg, args)
+    if args.plan:
+        task = load_plan(args.plan)
+        if args.task:
+            task = task.model_copy(update={"prompt": args.task})
+    else:
+        task = Task(prompt=args.task)
+    orch = Orchestrator.from_config(cfg)
+    console = Console(stderr=True)
+    show = not args.quiet and (console.is_terminal or bool(task.plan))
+    result = asyncio.run(_run_with_progress(orch, task, console, show))
+    if args.json:
+        if not args.quiet:
+            _print_result(result, console)
+        payload = {
+            "answer": result.answer,
+            "trace": result.trace_path,
+            "cost": result.usage.cost,
+            "tokens": result.usage.total_tokens,
+            "stop_reason": result.stop_reason,
+            "steps": _step_json(result),
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        _print_result(result, Console())
+    return 0 if result.answer is not None else 1
+
+
+def _cmd_experts(args: argparse.Namespace) -> int:
+    from expertgraph.orchestrator.config.build import build_expert
+    from rich.console import Console
+    from rich.table import Table
+
+    cfg, source = resolve_config(args.config)
+    table = Table(title=f"experts ({source})")
+    for column in ("name", "kind", "model", "description", "status"):
+        table.add_column(column, overflow="fold")
+    rows: list[dict[str, Any]] = []
+
+    async def check(expert: Any) -> tuple[str, float, str]:
+        started = time.perf_counter()
+        gen = await expert.generate(args.probe, max_tokens=8, temperature=0)
+        took = time.perf_counter() - started
+        if gen.error is not None:
+            return "error", took, f"{gen.error.type}: {gen.error.message}"
+        return "ok", took, gen.text
+
+    failures = 0
+    for ecfg in cfg.experts:
+        model = getattr(ecfg, "model", None) or getattr(ecfg, "callable", "")
+        status, detail = "not checked", ""
+        try:
+            expert = build_expert(ecfg)
+        except Exception as exc:  # noqa: BLE001 - report every expert, not just the first failure
+            status, detail = "error", f"cannot build: {exc}"
+        else:
+            if not args.no_check:
+                status, took, detail = asyncio.run(check(expert))
+                detail = f"{took:.1f}s: {_short(detail, 120)}"
+        failures += status == "error"
+        rows.append({"name": ecfg.name, "kind": ecfg.kind, "model": model, "status": status, "detail": detail})
+        table.add_row(ecfg.name, ecfg.kind, str(model), _short(ecfg.card.description, 50), f"{status} {detail}".strip())
+    if args.json:
+        sys.stdout.write(json.dumps({"config": source, "experts": rows}) + "\n")
+    else:
+        Console().print(table)
+    return 1 if failures else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="run a task (or a plan) through the routed experts")
+    run.add_argument("task", nargs="?", help="the task prompt (with --plan: the overall goal)")
+    run.add_argument("--plan", help="a YAML plan file with explicit steps")
+    run.add_argument("--config", help="config file (default: ./expertgraph.yaml, else the built-in)")
+    run.add_argument("--top-k", type=int, dest="top_k", help="experts per step")
+    run.add_argument("--policy", help="routing policy name (overrides the config)")
+    run.add_argument("--aggregate", help="aggregator name, e.g. majority, ahead-by-k")
+    run.add_argument("--k", type=int, help="the k of ahead-by-k voting")
+    run.add_argument("--max-steps", type=int, dest="max_steps")
+    run.add_argument("--max-cost", type=float, dest="max_cost")
+    run.add_argument("--deadline", type=float, dest="deadline_s", help="seconds")
+    run.add_argument("--trace-dir", dest="trace_dir")
+    run.add_argument("--json", action="store_true", help="end with one JSON line")
+    run.add_argument("--quiet", action="store_true", help="no progress or tables on stderr")
+    run.set_defaults(func=_cmd_run)
+
+    experts = sub.add_parser("experts", help="list the configured experts and check each answers")
+    experts.add_argument("--config")
+    experts.add_argument("--no-check", action="store_true", help="do not load or call the experts")
+    experts.add_argument("--probe", default="Say OK.", help="the prompt used to check each expert")
+    experts.add_argument("--json", action="store_true")
+    experts.set_defaults(func=_cmd_experts)

@@ -1,0 +1,253 @@
+"""The routing configurations one process serves, by model id (``expertgraph/<name>``).
+
+Used by ``expertgraph serve``, the LangChain adapter and the LiteLLM provider, so that the same
+model id means the same orchestrator everywhere.
+
+Model ids:
+
+* ``expertgraph/<config name>`` for each configuration file. The name is the file's ``name:``
+  when it sets one, else the file name without its suffix.
+* ``expertgraph/<policy>`` for each registered policy (``policies.registry.POLICIES``) that is
+  not already a configuration name and builds with its default options: the *first*
+  configuration's experts, aggregator, budget and traces, routed by that policy instead. A
+  policy that needs options (``fixed`` needs ``experts``) has no alias.
+* ``expertgraph`` alone names the first configuration. A response's model string
+  (``expertgraph/<name>:<experts>``) resolves to ``<name>`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from expertgraph.core.errors import ConfigError, ExpertGraphError
+from expertgraph.orchestrator.config.schema import ExpertGraphConfig, PolicyConfig, load_config
+from expertgraph.orchestrator.orchestrator import Orchestrator
+
+PREFIX = "expertgraph"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
+
+
+class UnknownModelError(ExpertGraphError, KeyError):
+    """A model id that names no served routing configuration."""
+
+    def __init__(self, model: str, known: Sequence[str]) -> None:
+        self.model = model
+        self.known = list(known)
+        super().__init__(f"unknown model {model!r}; served models: {', '.join(known) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One routing configuration under its model id."""
+
+    id: str
+    """``expertgraph/<name>``."""
+    name: str
+    orchestrator: Orchestrator
+    policy: str
+    source: str
+    """The configuration file, or ``alias of <name>`` for a policy alias."""
+    alias_of: str | None = None
+
+    @property
+    def experts(self) -> list[str]:
+        return list(self.orchestrator.experts)
+
+
+def model_id(name: str) -> str:
+    return f"{PREFIX}/{name}"
+
+
+def _check_name(name: str, where: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"{where}: model name {name!r} must be letters, digits, '.', '_' or '-' "
+            "(it becomes the model id expertgraph/<name>)",
+            path=where,
+            field="name",
+        )
+    return name
+
+
+def config_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand each path: a file stays, a directory gives its ``*.yaml|*.yml|*.toml`` sorted."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in _CONFIG_SUFFIXES and p.is_file())
+            if not found:
+                raise ConfigError(f"{path}: no *.yaml, *.yml or *.toml configuration in this directory", path=str(path))
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise ConfigError(f"cannot read config {path}: no such file or directory", path=str(path))
+    if not out:
+        raise ConfigError("no configuration given")
+    return out
+
+
+def config_name(cfg: ExpertGraphConfig, path: Path | None) -> str:
+    """The model name of a configuration: its ``name:`` when set, else the file stem."""
+    if "name" in cfg.model_fields_set or path is None:
+        return cfg.name
+    return path.stem
+
+
+class ModelCatalog:
+    """Served routing configurations by model id; the first one is the default."""
+
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        if not models:
+            raise ConfigError("a catalog needs at least one routing configuration")
+        self._models: dict[str, ServedModel] = {}
+        for served in models:
+            if served.name in self._models:
+                raise ConfigError(
+                    f"two configurations are both named {served.name!r} "
+                    f"({self._models[served.name].source} and {served.source}); give one a different 'name:'",
+                    field="name",
+                )
+            self._models[served.name] = served
+
+    # ---- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Iterable[str | Path],
+        *,
+        aliases: bool | Sequence[str] = True,
+        base_dir: str | Path | None = None,
+    ) -> ModelCatalog:
+        """Load configuration files (or directories of them) and build their orchestrators.
+
+        ``aliases``: True for every registered policy, a list for those, False for none.
+        """
+        loaded: list[tuple[str, ExpertGraphConfig, Path]] = []
+        for path in config_files(paths):
+            cfg = load_config(path)
+            loaded.append((_check_name(config_name(cfg, path), str(path)), cfg, path))
+        models = [
+            ServedModel(
+                id=model_id(name),
+                name=name,
+                orchestrator=Orchestrator.from_config(cfg, base_dir=base_dir),
+                policy=cfg.policy.name,
+                source=str(path),
+            )
+            for name, cfg, path in loaded
+        ]
+        if aliases:
+            first_name, first_cfg, _ = loaded[0]
+            taken = {m.name for m in models}
+            models.extend(_policy_aliases(first_name, first_cfg, aliases, taken, base_dir))
+        return cls(models)
+
+    @classmethod
+    def from_orchestrators(
+        cls, orchestrators: Mapping[str, Orchestrator] | Sequence[Orchestrator] | Orchestrator
+    ) -> ModelCatalog:
+        """Serve live orchestrators: a mapping name -> orchestrator, or a list (named by ``.name``)."""
+        if isinstance(orchestrators, Orchestrator):
+            orchestrators = [orchestrators]
+        items = (
+            list(orchestrators.items())
+            if isinstance(orchestrators, Mapping)
+            else [(o.name, o) for o in orchestrators]
+        )
+        return cls(
+            [
+                ServedModel(
+                    id=model_id(_check_name(name, "orchestrator")),
+                    name=name,
+                    orchestrator=orch,
+                    policy=orch.policy.name,
+                    source="in-process orchestrator",
+                )
+                for name, orch in items
+            ]
+        )
+
+    # ---- lookup ------------------------------------------------------------------------------
+
+    @property
+    def default(self) -> ServedModel:
+        return next(iter(self._models.values()))
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self._models.values()]
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        return iter(list(self._models.values()))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def resolve(self, model: str | None) -> ServedModel:
+        """The served model for a request's ``model`` (see the module docstring for the forms)."""
+        if model is None or model.strip() in ("", PREFIX):
+            return self.default
+        name = model.strip()
+        if name.startswith(PREFIX + "/"):
+            name = name[len(PREFIX) + 1 :]
+        name = name.split(":", 1)[0]
+        served = self._models.get(name)
+        if served is None:
+            raise UnknownModelError(model, self.ids())
+        return served
+
+    async def aclose(self) -> None:
+        """Release every orchestrator's experts (aliases share the first one's expert objects)."""
+        await asyncio.gather(*(m.orchestrator.aclose() for m in self._models.values()), return_exceptions=True)
+
+
+def _policy_aliases(
+    first_name: str,
+    first_cfg: ExpertGraphConfig,
+    wanted: bool | Sequence[str],
+    taken: set[str],
+    base_dir: str | Path | None,
+) -> list[ServedModel]:
+    from expertgraph.policies.registry import POLICIES
+
+    names = list(POLICIES) if wanted is True else list(wanted or [])
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise ConfigError(
+            f"policy aliases {unknown} are not registered policies; known: {', '.join(sorted(POLICIES))}",
+            field="aliases",
+        )
+    out: list[ServedModel] = []
+    for policy in names:
+        if policy in taken:
+            continue
+        cfg = first_cfg.model_copy(update={"policy": PolicyConfig(name=policy)})
+        try:
+            orch = Orchestrator.from_config(cfg, base_dir=base_dir)
+        except ExpertGraphError:
+            # The policy needs options (or trained files) the alias cannot guess: no alias.
+            if wanted is not True:
+                raise
+            continue
+        out.append(
+            ServedModel(
+                id=model_id(policy),
+                name=policy,
+                orchestrator=orch,
+                policy=policy,
+                source=f"alias of {first_name}",
+                alias_of=first_name,
+            )
+        )
+        taken.add(policy)
+    return out

@@ -1,0 +1,351 @@
+"""``ChatExpertGraph``: an expertgraph orchestrator as a LangChain chat model.
+
+Chains, ``with_structured_output`` and agents that take a ``BaseChatModel`` can use routed
+experts as their model, in process (no server)::
+
+    from expertgraph.orchestrator.integrations.langchain import ChatExpertGraph
+
+    llm = ChatExpertGraph(config="expertgraph.yaml")          # or orchestrator=Orchestrator(...)
+    llm.invoke("What is the capital of France?").content
+    llm.with_structured_output(Answer).invoke("...")           # JSON asked of the experts, parsed
+
+* ``model`` picks the routing configuration like the HTTP server does (``expertgraph/<name>``,
+  ``expertgraph/<policy>``); ``invoke(..., model=...)`` overrides it per call.
+* ``response_metadata["model_name"]`` is ``expertgraph/<config>:<experts>`` (the experts whose
+  answer was returned), ``usage_metadata`` sums every expert call of the run, and
+  ``response_metadata`` carries ``run_id`` and ``trace_path``.
+* Streaming yields the final answer in a few chunks once the run has decided it: votes need
+  every candidate before anything can be said.
+* No tool calling: experts return text. ``with_structured_output`` asks for JSON (the schema
+  goes to the experts as a system instruction) and parses it, for every ``method``
+  (``function_calling`` is served the same way as ``json_schema``).
+
+This module imports ``langchain_core``; ``expertgraph.orchestrator`` does not import it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+from expertgraph.core._sync import run_sync
+from expertgraph.core.types import Message, RunResult, Task
+from expertgraph.orchestrator.integrations._chat import (
+    NoAnswerError,
+    StructuredOutput,
+    answer_experts,
+    chat_task,
+    finish_reason,
+    reply_model,
+    stream_pieces,
+    truncate_at_stop,
+)
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog, ServedModel
+from expertgraph.orchestrator.orchestrator import Orchestrator
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.base import LangSmithParams
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import ConfigDict, Field, PrivateAttr
+
+_ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
+    "system": "system",
+    "developer": "system",
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function": "tool",
+}
+
+
+def to_core_messages(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages as expertgraph messages (text content only)."""
+    out: list[Message] = []
+    for message in messages:
+        if isinstance(message, SystemMessage):
+            role = "system"
+        elif isinstance(message, HumanMessage):
+            role = "user"
+        elif isinstance(message, AIMessage):
+            role = "assistant"
+        elif isinstance(message, (ToolMessage, FunctionMessage)):
+            role = "tool"
+        elif isinstance(message, ChatMessage) and message.role in _ROLES:
+            role = _ROLES[message.role]
+        elif message.type in _ROLES:
+            role = _ROLES[message.type]
+        else:
+            raise ValueError(f"cannot send a {type(message).__name__} (role {message.type!r}) to experts")
+        out.append(Message(role=role, content=message.text, name=getattr(message, "name", None)))
+    return out
+
+
+class ChatExpertGraph(BaseChatModel):
+    """A LangChain chat model backed by routed experts (see the module docstring)."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
+
+    model: str = Field(default="expertgraph", alias="model_name")
+    """The routing configuration: ``expertgraph/<name>``, ``expertgraph/<policy>`` or ``expertgraph``
+    (the first configuration)."""
+    config: str | list[str] | None = None
+    """Config file(s) or a directory of them; built on first use. Or pass ``orchestrator``."""
+    orchestrator: Orchestrator | ModelCatalog | None = Field(default=None, exclude=True)
+    """A live orchestrator (or a catalog of several) to use instead of ``config``."""
+    aliases: bool = True
+    """With ``config``: also serve ``expertgraph/<policy>`` over the first config's experts."""
+    temperature: float | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    """Run deadline in seconds (the run stops cleanly, with the best answer so far)."""
+    max_retries: int | None = None
+    """Accepted for drop-in use; retries belong to each expert (API experts retry themselves)."""
+    streaming: bool = False
+    stream_words: int = Field(default=8, ge=1)
+
+    _catalog: ModelCatalog | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # ---- LangChain plumbing ------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "expertgraph"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "config": self.config}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="expertgraph",
+            ls_model_name=str(kwargs.get("model") or self.model),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ---- routing configuration --------------------------------------------------------------
+
+    def catalog(self) -> ModelCatalog:
+        """The routing configurations this model can use (built once, on first use)."""
+        if self._catalog is None:
+            with self._lock:
+                if self._catalog is None:
+                    self._catalog = self._build_catalog()
+        return self._catalog
+
+    def _build_catalog(self) -> ModelCatalog:
+        if isinstance(self.orchestrator, ModelCatalog):
+            return self.orchestrator
+        if isinstance(self.orchestrator, Orchestrator):
+            return ModelCatalog.from_orchestrators(self.orchestrator)
+        if self.config is None:
+            raise ValueError("ChatExpertGraph needs config=<file or directory> or orchestrator=<Orchestrator>")
+        paths = [self.config] if isinstance(self.config, str) else list(self.config)
+        return ModelCatalog.from_paths(paths, aliases=self.aliases)
+
+    # ---- runs ----------------------------------------------------------------------------------
+
+    def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> tuple[ServedModel, Task, list[str]]:
+        served = self.catalog().resolve(kwargs.get("model") or self.model)
+        stops = list(stop if stop is not None else (self.stop or []))
+        params = {
+            "temperature": kwargs.get("temperature", self.temperature),
+            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "top_p": kwargs.get("top_p"),
+            "seed": kwargs.get("seed"),
+            "stop": stops or None,
+        }
+        task = chat_task(
+            to_core_messages(messages),
+            params=params,
+            structured=_structured(kwargs.get("response_format")),
+            metadata={"source": "langchain", "model": served.id},
+        )
+        timeout = kwargs.get("timeout", self.timeout)
+        budget = served.orchestrator.budget
+        if timeout is not None:
+            budget = budget.model_copy(update={"deadline_s": float(timeout)})
+        return served, task.model_copy(update={"budget": budget}), stops
+
+    def _message(self, served: ServedModel, result: RunResult, stops: list[str]) -> tuple[str, dict[str, Any], dict[str, int]]:
+        if result.answer is None:
+            raise NoAnswerError(result)
+        text, stopped = truncate_at_stop(result.answer, stops)
+        metadata = {
+            "model_name": reply_model(served.id, result),
+            "finish_reason": "stop" if stopped else finish_reason(result),
+            "run_id": result.run_id,
+            "trace_path": result.trace_path,
+            "experts": answer_experts(result),
+            "stop_reason": result.stop_reason,
+            "cost": result.usage.cost,
+        }
+        usage = {
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "total_tokens": result.usage.total_tokens,
+        }
+        return text, metadata, usage
+
+    def _result(self, served: ServedModel, result: RunResult, stops: list[str]) -> ChatResult:
+        text, metadata, usage = self._message(served, result, stops)
+        message = AIMessage(
+            content=text, id=f"run-{result.run_id}", response_metadata=metadata, usage_metadata=usage  # type: ignore[arg-type]
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info={"finish_reason": metadata["finish_reason"]})],
+            llm_output={"model_name": metadata["model_name"], "token_usage": usage, "run_id": result.run_id},
+        )
+
+    def _chunks(self, served: ServedModel, result: RunResult, stops: list[str]) -> Iterator[ChatGenerationChunk]:
+        text, metadata, usage = self._message(served, result, stops)
+        pieces = stream_pieces(text, self.stream_words)
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(
+                    content=piece,
+                    id=f"run-{result.run_id}",
+                    response_metadata=metadata if last else {},
+                    usage_metadata=usage if last else None,  # type: ignore[arg-type]
+                    chunk_position="last" if last else None,
+                ),
+                generation_info={"finish_reason": metadata["finish_reason"]} if last else None,
+            )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        served, task, stops = self._prepare(messages, stop, kwargs)
+        result = run_sync(served.orchestrator.arun(task))
+        return self._result(served, result, stops)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        served, task, stops = self._prepare(messages, stop, kwargs)
+        result = await served.orchestrator.arun(task)
+        return self._result(served, result, stops)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        served, task, stops = self._prepare(messages, stop, kwargs)
+        result = run_sync(served.orchestrator.arun(task))
+        for chunk in self._chunks(served, result, stops):
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        served, task, stops = self._prepare(messages, stop, kwargs)
+        result = await served.orchestrator.arun(task)
+        for chunk in self._chunks(served, result, stops):
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    # ---- structured output -------------------------------------------------------------------
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "json_mode", "function_calling"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Ask the experts for JSON matching ``schema`` and parse it (a pydantic object or a dict).
+
+        ``json_schema`` and ``function_calling`` send the schema and ask for a matching object;
+        ``json_mode`` asks for a JSON object and also sends the schema as a hint.
+        """
+        if kwargs:
+            raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        if method not in ("json_schema", "json_mode", "function_calling"):
+            raise ValueError(f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}")
+        json_schema = convert_to_json_schema(schema)
+        response_format = {
+            "type": "json_object" if method == "json_mode" else "json_schema",
+            "json_schema": {"name": json_schema.get("title", "answer"), "schema": json_schema, "strict": strict},
+        }
+        llm = self.bind(
+            response_format=response_format,
+            ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": schema},
+        )
+        parser: Runnable[Any, Any]
+        if isinstance(schema, type) and is_basemodel_subclass(schema):
+            parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
+        else:
+            parser = JsonOutputParser()
+        if not include_raw:
+            return llm | parser
+        parse = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        none = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parse.with_fallbacks([none], exception_key="parsing_error")
+
+
+def _structured(response_format: Any) -> StructuredOutput | None:
+    """``response_format`` (OpenAI shape, as ``with_structured_output`` binds it) as our type."""
+    if not response_format:
+        return None
+    if not isinstance(response_format, Mapping) or response_format.get("type") not in (
+        "json_object",
+        "json_schema",
+        "text",
+    ):
+        raise ValueError(f"response_format must be an OpenAI response_format mapping, got {response_format!r}")
+    if response_format["type"] == "text":
+        return None
+    spec = response_format.get("json_schema") or {}
+    return StructuredOutput(
+        kind=response_format["type"], schema=spec.get("schema"), name=spec.get("name")
+    )

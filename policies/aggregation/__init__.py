@@ -1,0 +1,44 @@
+"""Aggregation: how a step's candidate replies become one answer (votes, medoid, fusion, judge).
+"""
+
+from typing import TYPE_CHECKING
+
+from expertgraph.core._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from expertgraph.policies.aggregation.ahead_by_k import AheadByK
+    from expertgraph.policies.aggregation.answers import Extracted, extract_answer
+    from expertgraph.policies.aggregation.fusion import JudgeRanking, LLMFusion
+    from expertgraph.policies.aggregation.medoid import MedoidAggregator
+    from expertgraph.policies.aggregation.redflags import RedFlags
+    from expertgraph.policies.aggregation.replay import ReplayOutcome, replay_step
+    from expertgraph.policies.aggregation.voting import (
+        Ballot,
+        MajorityVote,
+        WeightedVote,
+        cast_ballots,
+        tally,
+    )
+    from expertgraph.policies.routing.cascade import CascadeAggregator
+
+_EXPORTS = {
+    "AheadByK": "expertgraph.policies.aggregation.ahead_by_k",
+    "Ballot": "expertgraph.policies.aggregation.voting",
+    "CascadeAggregator": "expertgraph.policies.routing.cascade",
+    "Extracted": "expertgraph.policies.aggregation.answers",
+    "JudgeRanking": "expertgraph.policies.aggregation.fusion",
+    "LLMFusion": "expertgraph.policies.aggregation.fusion",
+    "MajorityVote": "expertgraph.policies.aggregation.voting",
+    "MedoidAggregator": "expertgraph.policies.aggregation.medoid",
+    "RedFlags": "expertgraph.policies.aggregation.redflags",
+    "ReplayOutcome": "expertgraph.policies.aggregation.replay",
+    "WeightedVote": "expertgraph.policies.aggregation.voting",
+    "cast_ballots": "expertgraph.policies.aggregation.voting",
+    "extract_answer": "expertgraph.policies.aggregation.answers",
+    "replay_step": "expertgraph.policies.aggregation.replay",
+    "tally": "expertgraph.policies.aggregation.voting",
+}
+
+__all__ = ["AheadByK", "Ballot", "CascadeAggregator", "Extracted", "JudgeRanking", "LLMFusion", "MajorityVote", "MedoidAggregator", "RedFlags", "ReplayOutcome", "WeightedVote", "cast_ballots", "extract_answer", "replay_step", "tally"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

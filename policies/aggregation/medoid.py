@@ -1,0 +1,112 @@
+"""Embedding medoid: return the candidate most similar to all the others.
+
+Label-free and without an extra model call: the candidates are embedded (the bundled
+MiniLM by default), and the one with the highest mean cosine similarity to the rest --
+the centre of the cloud -- wins. It needs no extractable answer, so it also works for free
+text where votes over exact answers split; its answer is still extracted for the record.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from expertgraph.core import AggregationContext, Aggregator
+from expertgraph.core.protocols import Embedder
+from expertgraph.core.types import Exclusion, Generation, StepResult, candidate_key
+from expertgraph.policies.aggregation.answers import extract_answer
+from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
+
+
+def medoid_index(vectors: np.ndarray) -> tuple[int, np.ndarray]:
+    """The row with the highest mean cosine similarity to the other rows, and every row's mean.
+
+    Rows must be unit vectors. With one row, that row (centrality 1).
+    """
+    n = vectors.shape[0]
+    if n == 0:
+        raise ValueError("no vectors")
+    if n == 1:
+        return 0, np.ones(1, dtype=np.float32)
+    sims = vectors @ vectors.T
+    centrality = (sims.sum(axis=1) - np.diag(sims)) / (n - 1)
+    return int(np.argmax(centrality)), centrality
+
+
+class MedoidAggregator(Aggregator):
+    """The candidate closest to all others in embedding space.
+
+    Failed and empty candidates are excluded; with ``red_flags`` set, flagged ones too
+    (by default a candidate without an extractable answer still takes part: the medoid
+    does not need one). ``votes`` counts the remaining candidates per extracted answer, for
+    the record; ``confidence`` is the medoid's mean similarity to the others and ``margin``
+    its lead over the next most central candidate.
+    """
+
+    name = "medoid"
+
+    def __init__(
+        self, embedder: Embedder | None = None, *, red_flags: RedFlags | None = None
+    ) -> None:
+        if embedder is None:
+            from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
+
+            embedder = SentenceTransformerEmbedder()
+        self.embedder = embedder
+        self.red_flags = red_flags
+
+    def combine(self, candidates: list[Generation], context: AggregationContext) -> StepResult:
+        kept: list[Generation] = []
+        answers: list[str | None] = []
+        excluded: list[Exclusion] = []
+        for gen in candidates:
+            if gen.error is not None or not gen.text.strip():
+                reason = red_flag(gen, None, None) if gen.error is not None else "empty output"
+                excluded.append(
+                    Exclusion(expert=gen.expert, sample=gen.sample, reason=reason or "empty output")
+                )
+                continue
+            extracted = extract_answer(gen.text, context.answer_format)
+            if self.red_flags is not None:
+                flag = red_flag(gen, extracted, self.red_flags)
+                if flag is not None:
+                    excluded.append(Exclusion(expert=gen.expert, sample=gen.sample, reason=flag))
+                    continue
+            kept.append(gen)
+            answers.append(extracted.answer)
+        if not kept:
+            return StepResult(
+                aggregator=self.name,
+                excluded=excluded,
+                stop_reason="no candidate produced a usable answer",
+            )
+        vectors = self.embedder.encode([g.text for g in kept])
+        best, centrality = medoid_index(np.asarray(vectors, dtype=np.float32))
+        keys = [candidate_key(g) for g in kept]
+        votes: dict[str, float] = {}
+        supporters: dict[str, list[str]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            if answer is not None:
+                votes[answer] = votes.get(answer, 0.0) + 1.0
+                supporters.setdefault(answer, []).append(key)
+        order = np.argsort(-centrality)
+        runner_up = float(centrality[order[1]]) if len(order) > 1 else 0.0
+        answer = answers[best]
+        return StepResult(
+            aggregator=self.name,
+            text=kept[best].text.strip(),
+            answer=answer,
+            votes=votes,
+            supporters=supporters,
+            winner=[keys[best]],
+            confidence=float(centrality[best]),
+            margin=float(centrality[best]) - runner_up if len(kept) > 1 else 0.0,
+            excluded=excluded,
+            stop_reason="medoid"
+            if answer is not None
+            else "medoid (its answer could not be extracted)",
+            meta={
+                "centrality": {
+                    k: round(float(c), 6) for k, c in zip(keys, centrality, strict=True)
+                },
+                "embedder": getattr(self.embedder, "name", type(self.embedder).__name__),
+            },
+        )

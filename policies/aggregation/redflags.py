@@ -1,0 +1,105 @@
+"""Red flags: warning signs that drop a sample before it votes (MAKER, arXiv 2511.09030).
+
+MAKER's observation: a sample that is too long or badly formatted is more often wrong, and
+its errors are correlated with other samples' errors, so discarding it (and drawing another)
+beats letting it vote. A flagged sample stays in the step record with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from expertgraph.core.types import Generation
+from expertgraph.policies.aggregation.answers import Extracted
+from pydantic import BaseModel, ConfigDict, Field
+
+_REFUSAL = re.compile(
+    r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i"
+    r"|i (?:can(?:no|')t|cannot|won'?t|am unable to|'m unable to)"
+    r"|as an ai\b|i apologi[sz]e)",
+    re.I,
+)
+
+
+class RedFlags(BaseModel):
+    """Which warning signs exclude a sample from the vote (all optional but the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unparseable: bool = True
+    """No answer could be extracted (always excluded; the flag only names the reason)."""
+    truncated: bool = True
+    """The expert stopped at its token limit (``finish_reason == "length"``)."""
+    refusal: bool = True
+    """The reply opens with a refusal ("I'm sorry, but I can't ...")."""
+    max_chars: int | None = Field(None, ge=1)
+    """Replies longer than this many characters."""
+    max_output_tokens: int | None = Field(None, ge=1)
+    """Replies longer than this many output tokens (when the expert reports tokens)."""
+    max_length_ratio: float | None = Field(None, gt=0)
+    """Replies longer than this multiple of the expert's typical length (``typical_chars``)."""
+    typical_chars: dict[str, float] = Field(default_factory=dict)
+    """Expert -> typical reply length in characters (e.g. the median on held-out data)."""
+    answer_pattern: str | None = None
+    """A regex every extracted answer must match in full (e.g. ``-?\\d+`` for integer answers)."""
+
+    def check(self, generation: Generation, extracted: Extracted | None) -> str | None:
+        """The reason this sample is flagged, or None when it may vote."""
+        return red_flag(generation, extracted, self)
+
+
+def red_flag(
+    generation: Generation, extracted: Extracted | None, flags: RedFlags | None
+) -> str | None:
+    """Why ``generation`` must not vote, or None. Failed calls and unreadable answers always do."""
+    if generation.error is not None:
+        return f"failed: {generation.error.type}: {generation.error.message}"
+    if extracted is None or extracted.answer is None:
+        if extracted is None:
+            return "unparseable: no answer extracted"
+        return (
+            f"unparseable: {extracted.reason}"
+            if flags is None or flags.unparseable
+            else extracted.reason
+        )
+    if flags is None:
+        return None
+    text = generation.text
+    if flags.truncated and generation.finish_reason == "length":
+        return "red flag: truncated at the token limit"
+    if flags.refusal and _REFUSAL.search(text):
+        return "red flag: refusal"
+    if flags.max_chars is not None and len(text) > flags.max_chars:
+        return f"red flag: too long ({len(text)} > {flags.max_chars} chars)"
+    if (
+        flags.max_output_tokens is not None
+        and generation.output_tokens
+        and generation.output_tokens > flags.max_output_tokens
+    ):
+        return f"red flag: too long ({generation.output_tokens} > {flags.max_output_tokens} tokens)"
+    if flags.max_length_ratio is not None:
+        typical = flags.typical_chars.get(generation.expert)
+        if typical and len(text) > flags.max_length_ratio * typical:
+            return (
+                f"red flag: too long ({len(text)} chars > {flags.max_length_ratio:g} x "
+                f"typical {typical:.0f})"
+            )
+    if flags.answer_pattern is not None and not re.fullmatch(
+        flags.answer_pattern, extracted.answer
+    ):
+        return f"red flag: answer {extracted.answer!r} does not match {flags.answer_pattern!r}"
+    return None
+
+
+def typical_lengths(texts: Mapping[str, list[str]]) -> dict[str, float]:
+    """Median reply length per expert, for ``RedFlags.typical_chars``."""
+    out: dict[str, float] = {}
+    for expert, items in texts.items():
+        lengths = sorted(len(t) for t in items)
+        if lengths:
+            mid = len(lengths) // 2
+            out[expert] = float(
+                lengths[mid] if len(lengths) % 2 else (lengths[mid - 1] + lengths[mid]) / 2
+            )
+    return out
