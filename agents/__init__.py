@@ -26,6 +26,16 @@ _EXPORTS = {
     "to_messages": "expertgraph.agents.base",
 }
 
-__all__ = ["APIExpert", "CallableExpert", "Expert", "ExpertCallError", "LocalHFExpert", "RawOutput", "RetrySettings", "clear_model_cache", "to_messages"]
+__all__ = [
+    "APIExpert",
+    "CallableExpert",
+    "Expert",
+    "ExpertCallError",
+    "LocalHFExpert",
+    "RawOutput",
+    "RetrySettings",
+    "clear_model_cache",
+    "to_messages",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -87,6 +87,42 @@ _EXPORTS = {
     "step_answer_format": "expertgraph.core.state",
 }
 
-__all__ = ["AggregationContext", "Aggregator", "AnswerFormat", "Budget", "ConfigError", "Decision", "Embedder", "Exclusion", "ExpertCard", "ExpertFailure", "ExpertGraphError", "ExpertHealth", "ExpertLoadError", "ExpertView", "Generation", "Message", "MissingDependencyError", "PlanStep", "Policy", "PolicyError", "RoutingExample", "RoutingState", "RunResult", "SampleRequest", "Step", "StepResult", "Task", "TraceCorruptionError", "TraceError", "UnknownExpertError", "Usage", "candidate_key", "finish_decision", "next_instruction", "step_answer_format"]
+__all__ = [
+    "AggregationContext",
+    "Aggregator",
+    "AnswerFormat",
+    "Budget",
+    "ConfigError",
+    "Decision",
+    "Embedder",
+    "Exclusion",
+    "ExpertCard",
+    "ExpertFailure",
+    "ExpertGraphError",
+    "ExpertHealth",
+    "ExpertLoadError",
+    "ExpertView",
+    "Generation",
+    "Message",
+    "MissingDependencyError",
+    "PlanStep",
+    "Policy",
+    "PolicyError",
+    "RoutingExample",
+    "RoutingState",
+    "RunResult",
+    "SampleRequest",
+    "Step",
+    "StepResult",
+    "Task",
+    "TraceCorruptionError",
+    "TraceError",
+    "UnknownExpertError",
+    "Usage",
+    "candidate_key",
+    "finish_decision",
+    "next_instruction",
+    "step_answer_format",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,6 +24,14 @@ _EXPORTS = {
     "parse_config": "expertgraph.orchestrator.config.schema",
 }
 
-__all__ = ["ExpertGraphConfig", "Orchestrator", "RunEvent", "RunGraph", "build_from_config", "load_config", "parse_config"]
+__all__ = [
+    "ExpertGraphConfig",
+    "Orchestrator",
+    "RunEvent",
+    "RunGraph",
+    "build_from_config",
+    "load_config",
+    "parse_config",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

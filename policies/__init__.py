@@ -73,6 +73,39 @@ _EXPORTS = {
     "train_router": "expertgraph.policies.routing.learned",
 }
 
-__all__ = ["AGGREGATORS", "AheadByK", "AllExperts", "BuildContext", "CascadeAggregator", "CascadePolicy", "EmbeddingRouter", "Extracted", "FixedPolicy", "JudgeRanking", "LLMFusion", "LLMRouter", "LearnedRouter", "MajorityVote", "MedoidAggregator", "OraclePolicy", "POLICIES", "RandomPolicy", "RedFlags", "RoutingDataset", "SentenceTransformerEmbedder", "StickyPolicy", "WeightedVote", "build_aggregator", "build_policy", "calibrate_lambda", "calibrate_shares", "calibrate_threshold", "choose", "extract_answer", "load_dataset", "train_router"]
+__all__ = [
+    "AGGREGATORS",
+    "AheadByK",
+    "AllExperts",
+    "BuildContext",
+    "CascadeAggregator",
+    "CascadePolicy",
+    "EmbeddingRouter",
+    "Extracted",
+    "FixedPolicy",
+    "JudgeRanking",
+    "LLMFusion",
+    "LLMRouter",
+    "LearnedRouter",
+    "MajorityVote",
+    "MedoidAggregator",
+    "OraclePolicy",
+    "POLICIES",
+    "RandomPolicy",
+    "RedFlags",
+    "RoutingDataset",
+    "SentenceTransformerEmbedder",
+    "StickyPolicy",
+    "WeightedVote",
+    "build_aggregator",
+    "build_policy",
+    "calibrate_lambda",
+    "calibrate_shares",
+    "calibrate_threshold",
+    "choose",
+    "extract_answer",
+    "load_dataset",
+    "train_router",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,4 @@
-"""The ``expertgraph`` command line: one module per verb.
-"""
+"""The ``expertgraph`` command line: one module per verb."""
 
 from typing import TYPE_CHECKING
 

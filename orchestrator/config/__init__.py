@@ -1,5 +1,4 @@
-"""The one configuration file (YAML or TOML): its schema, loading with file/line/field errors, and building.
-"""
+"""The one configuration file (YAML or TOML): its schema, loading with file/line/field errors, and building."""
 
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,18 @@ _EXPORTS = {
     "parse_config": "expertgraph.orchestrator.config.schema",
 }
 
-__all__ = ["APIExpertConfig", "AggregatorConfig", "CallableExpertConfig", "ExpertGraphConfig", "LocalExpertConfig", "PolicyConfig", "TraceConfig", "build_expert", "build_from_config", "load_config", "parse_config"]
+__all__ = [
+    "APIExpertConfig",
+    "AggregatorConfig",
+    "CallableExpertConfig",
+    "ExpertGraphConfig",
+    "LocalExpertConfig",
+    "PolicyConfig",
+    "TraceConfig",
+    "build_expert",
+    "build_from_config",
+    "load_config",
+    "parse_config",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

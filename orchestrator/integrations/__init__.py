@@ -1,5 +1,4 @@
-"""expertgraph inside other tools: an OpenAI-compatible server, LangChain, LiteLLM and LangGraph.
-"""
+"""expertgraph inside other tools: an OpenAI-compatible server, LangChain, LiteLLM and LangGraph."""
 
 from typing import TYPE_CHECKING
 
@@ -33,6 +32,17 @@ _EXPORTS = {
     "serve": "expertgraph.orchestrator.integrations.server",
 }
 
-__all__ = ["ChatExpertGraph", "ExpertGraphLLM", "ModelCatalog", "ServeSettings", "ServedModel", "ServerThread", "add_orchestrator_node", "create_app", "orchestrator_node", "serve"]
+__all__ = [
+    "ChatExpertGraph",
+    "ExpertGraphLLM",
+    "ModelCatalog",
+    "ServeSettings",
+    "ServedModel",
+    "ServerThread",
+    "add_orchestrator_node",
+    "create_app",
+    "orchestrator_node",
+    "serve",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

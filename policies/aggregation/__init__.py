@@ -1,5 +1,4 @@
-"""Aggregation: how a step's candidate replies become one answer (votes, medoid, fusion, judge).
-"""
+"""Aggregation: how a step's candidate replies become one answer (votes, medoid, fusion, judge)."""
 
 from typing import TYPE_CHECKING
 
@@ -12,18 +11,11 @@ if TYPE_CHECKING:
     from expertgraph.policies.aggregation.medoid import MedoidAggregator
     from expertgraph.policies.aggregation.redflags import RedFlags
     from expertgraph.policies.aggregation.replay import ReplayOutcome, replay_step
-    from expertgraph.policies.aggregation.voting import (
-        Ballot,
-        MajorityVote,
-        WeightedVote,
-        cast_ballots,
-        tally,
-    )
+    from expertgraph.policies.aggregation.voting import MajorityVote, WeightedVote
     from expertgraph.policies.routing.cascade import CascadeAggregator
 
 _EXPORTS = {
     "AheadByK": "expertgraph.policies.aggregation.ahead_by_k",
-    "Ballot": "expertgraph.policies.aggregation.voting",
     "CascadeAggregator": "expertgraph.policies.routing.cascade",
     "Extracted": "expertgraph.policies.aggregation.answers",
     "JudgeRanking": "expertgraph.policies.aggregation.fusion",
@@ -33,12 +25,23 @@ _EXPORTS = {
     "RedFlags": "expertgraph.policies.aggregation.redflags",
     "ReplayOutcome": "expertgraph.policies.aggregation.replay",
     "WeightedVote": "expertgraph.policies.aggregation.voting",
-    "cast_ballots": "expertgraph.policies.aggregation.voting",
     "extract_answer": "expertgraph.policies.aggregation.answers",
     "replay_step": "expertgraph.policies.aggregation.replay",
-    "tally": "expertgraph.policies.aggregation.voting",
 }
 
-__all__ = ["AheadByK", "Ballot", "CascadeAggregator", "Extracted", "JudgeRanking", "LLMFusion", "MajorityVote", "MedoidAggregator", "RedFlags", "ReplayOutcome", "WeightedVote", "cast_ballots", "extract_answer", "replay_step", "tally"]
+__all__ = [
+    "AheadByK",
+    "CascadeAggregator",
+    "Extracted",
+    "JudgeRanking",
+    "LLMFusion",
+    "MajorityVote",
+    "MedoidAggregator",
+    "RedFlags",
+    "ReplayOutcome",
+    "WeightedVote",
+    "extract_answer",
+    "replay_step",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,7 +23,8 @@ from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core.types import Exclusion, Generation, SampleRequest, StepResult, candidate_key
 from expertgraph.policies.aggregation.answers import extract_answer
 from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
-from expertgraph.policies.aggregation.voting import Ballot, WeightFn, make_weight, tally
+from expertgraph.policies.aggregation._ballots import Ballot, WeightFn, tally
+from expertgraph.policies.aggregation.voting import make_weight
 
 Source = Literal["next-expert", "same-expert"]
 

@@ -1,5 +1,4 @@
-"""Routing data sets: JSONL rows of per-expert scores, and loaders for LLMRouter, RouteLLM and ZeroEval.
-"""
+"""Routing data sets: JSONL rows of per-expert scores, and loaders for LLMRouter, RouteLLM and ZeroEval."""
 
 from typing import TYPE_CHECKING
 
@@ -42,6 +41,21 @@ _EXPORTS = {
     "score_answer": "expertgraph.policies.data.zeroeval",
 }
 
-__all__ = ["DatasetError", "RoutingDataset", "ZeroEvalError", "ZeroEvalSet", "detect_layout", "from_examples", "load_dataset", "load_jsonl", "load_llmrouter_dc", "load_routellm", "load_zeroeval", "load_zeroeval_folder", "save_jsonl", "score_answer"]
+__all__ = [
+    "DatasetError",
+    "RoutingDataset",
+    "ZeroEvalError",
+    "ZeroEvalSet",
+    "detect_layout",
+    "from_examples",
+    "load_dataset",
+    "load_jsonl",
+    "load_llmrouter_dc",
+    "load_routellm",
+    "load_zeroeval",
+    "load_zeroeval_folder",
+    "save_jsonl",
+    "score_answer",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,4 @@
-"""Sentence embedders (the bundled all-MiniLM-L6-v2 by default) and their on-disk cache.
-"""
+"""Sentence embedders (the bundled all-MiniLM-L6-v2 by default) and their on-disk cache."""
 
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,13 @@ _EXPORTS = {
     "default_cache_dir": "expertgraph.policies.embeddings.cache",
 }
 
-__all__ = ["BUNDLED_EMBEDDER", "CachedEmbedder", "EmbeddingStore", "SentenceTransformerEmbedder", "cached_embedder", "default_cache_dir"]
+__all__ = [
+    "BUNDLED_EMBEDDER",
+    "CachedEmbedder",
+    "EmbeddingStore",
+    "SentenceTransformerEmbedder",
+    "cached_embedder",
+    "default_cache_dir",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,4 @@
-"""Learning routers from data: features, scoring models, training, cost trade-offs, evaluation.
-"""
+"""Learning routers from data: features, scoring models, training, cost trade-offs, evaluation."""
 
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,25 @@ _EXPORTS = {
     "train_router": "expertgraph.policies.routing.learned",
 }
 
-__all__ = ["Artifact", "Featurizer", "MODEL_KINDS", "PolicyReport", "ScoringModel", "aiq", "apgr", "calibrate_lambda", "calibrate_shares", "calibrate_threshold", "choose", "cpt", "evaluate", "load_artifact", "make_model", "pareto_front", "save_artifact", "train_router"]
+__all__ = [
+    "Artifact",
+    "Featurizer",
+    "MODEL_KINDS",
+    "PolicyReport",
+    "ScoringModel",
+    "aiq",
+    "apgr",
+    "calibrate_lambda",
+    "calibrate_shares",
+    "calibrate_threshold",
+    "choose",
+    "cpt",
+    "evaluate",
+    "load_artifact",
+    "make_model",
+    "pareto_front",
+    "save_artifact",
+    "train_router",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

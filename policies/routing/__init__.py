@@ -1,5 +1,4 @@
-"""Routing policies: who acts next. Each reads a ``RoutingState`` and returns a ``Decision``.
-"""
+"""Routing policies: who acts next. Each reads a ``RoutingState`` and returns a ``Decision``."""
 
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,16 @@ _EXPORTS = {
     "StickyPolicy": "expertgraph.policies.routing.sticky",
 }
 
-__all__ = ["AllExperts", "CascadePolicy", "EmbeddingRouter", "FixedPolicy", "LLMRouter", "LearnedRouter", "OraclePolicy", "RandomPolicy", "StickyPolicy"]
+__all__ = [
+    "AllExperts",
+    "CascadePolicy",
+    "EmbeddingRouter",
+    "FixedPolicy",
+    "LLMRouter",
+    "LearnedRouter",
+    "OraclePolicy",
+    "RandomPolicy",
+    "StickyPolicy",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

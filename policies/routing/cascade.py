@@ -41,7 +41,7 @@ from expertgraph.core.types import (
     StepResult,
 )
 from expertgraph.policies.aggregation.answers import extract_answer
-from expertgraph.policies.aggregation.voting import Ballot, cast_ballots, tally
+from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, tally
 
 
 @runtime_checkable

@@ -1,5 +1,4 @@
-"""The scoring models a learned router can use, by kind: knn, cluster, logreg, mlp, mf, task, ensemble.
-"""
+"""The scoring models a learned router can use, by kind: knn, cluster, logreg, mlp, mf, task, ensemble."""
 
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,14 @@ _EXPORTS = {
     "TaskModel": "expertgraph.policies.learning.models.task",
 }
 
-__all__ = ["ClusterModel", "EnsembleModel", "KNNModel", "LogRegModel", "MFModel", "MLPModel", "TaskModel"]
+__all__ = [
+    "ClusterModel",
+    "EnsembleModel",
+    "KNNModel",
+    "LogRegModel",
+    "MFModel",
+    "MLPModel",
+    "TaskModel",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
