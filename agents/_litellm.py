@@ -1,4 +1,4 @@
-"""Import LiteLLM with offline-safe defaults; every user of litellm in expertgraph goes through here."""
+"""Import LiteLLM with offline-safe defaults; every user of litellm in expertgraph comes here."""
 
 from __future__ import annotations
 

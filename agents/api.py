@@ -1,34 +1,29 @@
 """An expert behind any LiteLLM model string: hosted APIs or a local OpenAI-compatible server.
 
-Retries belong to this module alone (tenacity; LiteLLM's and the OpenAI SDK's are turned
-off): exponential backoff with jitter, ``Retry-After`` honoured, and only failures that a
-retry can fix (429, 5xx, timeouts, connection errors) are retried. Every attempt has a
-finite timeout, and retries stop before the call's overall timeout would cut them off.
+Retries belong to this expert alone (:mod:`._retry`; LiteLLM's and the OpenAI SDK's are
+turned off). Every attempt has a finite timeout, and retries stop before the call's overall
+timeout would cut them off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import datetime
-import email.utils
 import math
 import os
-import random
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
+from expertgraph.agents._api_errors import classify_error, safe_message
 from expertgraph.agents._litellm import import_litellm
-from expertgraph.agents.base import Expert, ExpertCallError, MessageLike, RawOutput
-from expertgraph.core.types import ExpertCard, Generation, Message
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from expertgraph.agents._retry import AttemptFailed, RetryLoop, RetrySettings
+from expertgraph.agents.base import INVALID_PARAMS, Expert, RawOutput, call_timeout_s
+from expertgraph.core.errors import ExpertCallError
+from expertgraph.core.types import ExpertCard, Message
 
-# Per-call parameters that carry credentials. They are taken out of ``params`` before the
-# base class records params on the Generation (and so in traces), and reach LiteLLM through
-# the call's context instead.
+__all__ = ["APIExpert"]
+
+# Parameters that carry credentials: used by a call, never recorded (see Expert.secret_params),
+# and never stored on the expert.
 _SECRET_PARAMS = frozenset(
     {
         "api_key",
@@ -39,75 +34,10 @@ _SECRET_PARAMS = frozenset(
         "vertex_credentials",
     }
 )
-# This module owns retries, timeouts and the transport; callers may not override these.
+# This expert owns retries, timeouts and the transport; params may not override these.
 _RESERVED_PARAMS = frozenset(
     {"model", "messages", "num_retries", "max_retries", "api_base", "timeout"}
 )
-# Our own per-attempt timeout fires this long before the overall deadline, so that the
-# failure is classified here (with its attempt count) rather than cut off by the base class.
-_DEADLINE_MARGIN_S = 0.05
-# Do not start an attempt with less time than this left before the deadline.
-_MIN_ATTEMPT_S = 0.05
-_MAX_MESSAGE_CHARS = 1000
-
-
-class RetrySettings(BaseModel):
-    """How failed attempts are retried (only 429, 5xx, timeouts and connection errors)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_attempts: int = Field(4, ge=1)
-    """Attempts in all, the first included."""
-    initial_wait_s: float = Field(0.5, ge=0)
-    """Wait before the second attempt; doubles each time, plus jitter."""
-    max_wait_s: float = Field(30.0, ge=0)
-    """Cap of any single wait, ``Retry-After`` included."""
-    jitter_s: float | None = Field(None, ge=0)
-    """Random extra wait, uniform in [0, jitter_s]; None means ``initial_wait_s``."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RetrySettings:
-        if self.max_wait_s < self.initial_wait_s:
-            raise ValueError("max_wait_s must be >= initial_wait_s")
-        return self
-
-    def backoff_s(self, attempts_done: int) -> float:
-        """Wait after ``attempts_done`` failed attempts when the server gave no Retry-After."""
-        jitter = self.initial_wait_s if self.jitter_s is None else self.jitter_s
-        base = self.initial_wait_s * 2 ** max(0, attempts_done - 1)
-        return min(self.max_wait_s, base + random.uniform(0.0, jitter))
-
-
-@dataclass(frozen=True)
-class _CallContext:
-    """What :meth:`APIExpert.generate` hands to ``_generate`` outside the traced params."""
-
-    timeout_s: float
-    secrets: Mapping[str, Any]
-
-
-# Context-local (not global) state: one value per generate() call, inherited by the task
-# the base class creates for _generate.
-_CALL: contextvars.ContextVar[_CallContext | None] = contextvars.ContextVar(
-    "expertgraph_api_call", default=None
-)
-
-
-@dataclass(frozen=True)
-class _Failure:
-    type: str
-    message: str
-    status_code: int | None
-    retryable: bool
-    retry_after_s: float | None = None
-
-
-class _AttemptFailed(Exception):
-    """One classified failed attempt (internal: tenacity decides on it)."""
-
-    def __init__(self, failure: _Failure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
 
 
 class APIExpert(Expert):
@@ -116,17 +46,19 @@ class APIExpert(Expert):
     ``model`` is any LiteLLM model string (``"openai/gpt-4o-mini"``, ``"anthropic/..."``, or
     ``"openai/<name>"`` with ``api_base`` for any OpenAI-compatible server). The API key is
     read from the environment variable named ``api_key_env`` at each call and never stored;
-    when ``api_key_env`` is None LiteLLM's own environment lookup applies.
+    when ``api_key_env`` is None LiteLLM's own environment lookup applies. Credentials passed
+    per call (``api_key`` ...) are used but never recorded.
 
     Cost comes from LiteLLM's bundled price map when it knows the model (``pricing="auto"``),
     else from the card's ``cost_per_1k_*``; ``pricing="card"`` always uses the card.
     ``params`` are default request parameters (``max_tokens``, ``temperature``, ``top_p``,
     ``stop``, ``seed`` or any other OpenAI parameter); per-call params override them.
-    ``attempt_timeout_s`` bounds each attempt; the whole call, retries included, is bounded by
-    the card's ``timeout_s`` or the per-call ``timeout``.
+    ``attempt_timeout_s`` (per call: ``attempt_timeout``) bounds each attempt; the whole call,
+    retries included, is bounded by the card's ``timeout_s`` or the per-call ``timeout``.
     """
 
     kind = "api"
+    secret_params: ClassVar[frozenset[str]] = _SECRET_PARAMS
 
     def __init__(
         self,
@@ -151,7 +83,7 @@ class APIExpert(Expert):
         if pricing not in ("auto", "card"):
             raise ValueError(f"expert {name!r}: pricing must be 'auto' or 'card', got {pricing!r}")
         defaults = dict(params or {})
-        bad = sorted(set(defaults) & (_SECRET_PARAMS | _RESERVED_PARAMS | {"stream"}))
+        bad = _refused(defaults, _SECRET_PARAMS)
         if bad:
             raise ValueError(
                 f"expert {name!r}: params may not set {', '.join(bad)}"
@@ -162,7 +94,9 @@ class APIExpert(Expert):
         self.api_base = api_base
         self.api_key_env = api_key_env
         self.params = defaults
-        self.retry = retry if isinstance(retry, RetrySettings) else RetrySettings.model_validate(retry or {})
+        self.retry = (
+            retry if isinstance(retry, RetrySettings) else RetrySettings.model_validate(retry or {})
+        )
         self.attempt_timeout_s = attempt_timeout_s
         self.pricing = pricing
 
@@ -177,105 +111,50 @@ class APIExpert(Expert):
         """Import LiteLLM ahead of the first call (it takes a few seconds)."""
         await asyncio.to_thread(import_litellm)
 
-    async def generate(
-        self, messages: Sequence[MessageLike] | str, **params: Any
-    ) -> Generation:
-        """Answer ``messages``; see :meth:`Expert.generate`. Never raises.
-
-        Credentials passed per call (``api_key`` ...) are used but never recorded.
-        """
-        secrets = {key: params.pop(key) for key in list(params) if key in _SECRET_PARAMS}
-        try:
-            timeout_s = float(params.get("timeout", self.card.timeout_s))
-        except (TypeError, ValueError):
-            timeout_s = self.card.timeout_s  # the base class reports the bad value
-        token = _CALL.set(_CallContext(timeout_s=timeout_s, secrets=secrets))
-        try:
-            return await super().generate(messages, **params)
-        finally:
-            _CALL.reset(token)
-
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
-        ctx = _CALL.get() or _CallContext(timeout_s=self.card.timeout_s, secrets={})
-        deadline = time.monotonic() + ctx.timeout_s
         litellm = import_litellm()
-        request, key = self._request(messages, params, ctx.secrets)
+        request, key = self._request(messages, params)
         attempt_timeout = params.get("attempt_timeout", self.attempt_timeout_s)
-        settings = self.retry
-
-        stopped_early: list[str] = []
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= settings.max_attempts:
-                return True
-            # Give up now rather than sleep into the deadline: the caller gets the real
-            # failure and attempt count instead of a bare timeout.
-            left = deadline - time.monotonic() - _DEADLINE_MARGIN_S
-            if state.upcoming_sleep + _MIN_ATTEMPT_S > left:
-                stopped_early.append(
-                    f" (gave up: a wait of {state.upcoming_sleep:.2f}s would pass"
-                    f" the call's {ctx.timeout_s:g}s timeout)"
-                )
-                return True
-            return False
-
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            failure = exc.failure if isinstance(exc, _AttemptFailed) else None
-            if failure is not None and failure.retry_after_s is not None:
-                return min(settings.max_wait_s, failure.retry_after_s)
-            return settings.backoff_s(state.attempt_number)
-
-        retrying = AsyncRetrying(
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception(
-                lambda e: isinstance(e, _AttemptFailed) and e.failure.retryable
-            ),
-            reraise=True,
-        )
-        attempts = 0
+        # LiteLLM keys its cached HTTP clients by the timeout, so it gets a fixed one per
+        # expert: a timeout that shrinks with the deadline would open a new connection pool
+        # on every call. wait_for enforces the real bound of each attempt.
+        client_timeout = float(attempt_timeout or self.card.timeout_s)
+        loop = RetryLoop(self.retry, call_timeout_s() or self.card.timeout_s)
         try:
-            async for attempt in retrying:
+            async for attempt in loop:
                 with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    left = deadline - time.monotonic() - _DEADLINE_MARGIN_S
-                    per_try = max(_MIN_ATTEMPT_S, left)
+                    per_try = loop.time_left_s()
                     if attempt_timeout is not None:
                         per_try = min(per_try, float(attempt_timeout))
-                    client_timeout = float(attempt_timeout or self.card.timeout_s)
                     response = await _attempt(litellm, request, per_try, client_timeout)
-        except _AttemptFailed as exc:
+        except AttemptFailed as exc:
             f = exc.failure
             raise ExpertCallError(
-                # Redact before truncating, so no prefix of the key survives a cut.
-                _truncate(
-                    _redact(
-                        f"{f.type} after {attempts} attempt(s){''.join(stopped_early)}: {f.message}",
-                        key,
-                    )
+                safe_message(
+                    f"{f.type} after {loop.attempts} attempt(s){loop.gave_up}: {f.message}", key
                 ),
                 type=f.type,
                 status_code=f.status_code,
                 retryable=f.retryable,
-                attempts=attempts,
+                attempts=loop.attempts,
             ) from exc.__cause__
-        return self._to_raw(litellm, response, attempts)
+        return self._to_raw(litellm, response, loop.attempts)
 
     def _request(
-        self, messages: list[Message], params: dict[str, Any], secrets: Mapping[str, Any]
+        self, messages: list[Message], params: dict[str, Any]
     ) -> tuple[dict[str, Any], str | None]:
         """The keyword arguments of ``acompletion`` (timeout excluded) and the key used."""
         call = {**self.params, **params}
         call.pop("attempt_timeout", None)
-        bad = sorted(set(call) & _RESERVED_PARAMS)
-        if bad or call.get("stream"):
+        bad = _refused(call)
+        if bad:
             raise ExpertCallError(
-                f"expert {self.name!r}: params may not set {', '.join(bad) or 'stream'}",
-                type="bad_params",
+                f"expert {self.name!r}: params may not set {', '.join(bad)}",
+                type=INVALID_PARAMS,
                 attempts=0,
             )
         call.pop("stream", None)
+        secrets = {k: call.pop(k) for k in list(call) if k in _SECRET_PARAMS}
         request: dict[str, Any] = {
             **call,
             "model": self.model,
@@ -297,7 +176,7 @@ class APIExpert(Expert):
                     attempts=0,
                 )
             request["api_key"] = key
-        request.update(secrets)
+        request.update(secrets)  # a key given per call wins over the environment's
         if isinstance(secrets.get("api_key"), str):
             key = secrets["api_key"]
         return request, key
@@ -312,17 +191,14 @@ class APIExpert(Expert):
             )
         choice = choices[0]
         message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) or ""
         usage = getattr(response, "usage", None)
-        input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = None if self.pricing == "card" else _litellm_cost(litellm, response)
         return RawOutput(
-            text=text,
+            text=getattr(message, "content", None) or "",
             finish_reason=getattr(choice, "finish_reason", None),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost=cost,
+            input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            cost=cost,  # None: the base class prices the tokens with the card
             attempts=attempts,
             model=getattr(response, "model", None) or self.model,
             extra={
@@ -332,15 +208,18 @@ class APIExpert(Expert):
         )
 
 
+def _refused(params: Mapping[str, Any], also: frozenset[str] = frozenset()) -> list[str]:
+    """The names in ``params`` this expert does not let callers set (streaming included)."""
+    bad = set(params) & (_RESERVED_PARAMS | also)
+    if params.get("stream"):
+        bad.add("stream")
+    return sorted(bad)
+
+
 async def _attempt(
     litellm: Any, request: dict[str, Any], timeout_s: float, client_timeout_s: float
 ) -> Any:
-    """One call; any failure comes out classified as :class:`_AttemptFailed`.
-
-    LiteLLM keys its cached HTTP clients by the timeout, so it gets a fixed one per expert
-    (``client_timeout_s``): a timeout that shrinks with the deadline would open a new
-    connection pool on every call. ``wait_for`` enforces the real bound of this attempt.
-    """
+    """One call, bounded by ``timeout_s``; any failure comes out as :class:`AttemptFailed`."""
     try:
         return await asyncio.wait_for(
             litellm.acompletion(**request, timeout=client_timeout_s), timeout_s
@@ -348,7 +227,7 @@ async def _attempt(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is classified
-        raise _AttemptFailed(classify_error(exc)) from exc
+        raise AttemptFailed(classify_error(exc)) from exc
 
 
 def _litellm_cost(litellm: Any, response: Any) -> float | None:
@@ -368,173 +247,3 @@ def _litellm_cost(litellm: Any, response: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
-
-
-# -- error classification ----------------------------------------------------------------
-
-_STATUS_TYPES = {
-    400: "bad_request",
-    401: "authentication",
-    402: "payment_required",
-    403: "permission_denied",
-    404: "not_found",
-    408: "timeout",
-    409: "conflict",
-    413: "request_too_large",
-    422: "unprocessable",
-    429: "rate_limit",
-}
-
-
-def classify_error(exc: BaseException) -> _Failure:
-    """Name a failure and say whether a retry can fix it.
-
-    Retryable: 429, 408, 5xx, timeouts and connection errors. Never: other 4xx (bad request,
-    authentication, permission, not found), context-window and content-policy errors, and
-    errors raised on this side before any answer (a missing key, a bad argument).
-    """
-    import httpx
-    import openai
-
-    litellm = import_litellm()
-    message = str(exc) or type(exc).__name__
-    chain = list(_causes(exc))
-    # LiteLLM's own classes are a mapping of the underlying error, and its status codes are
-    # sometimes made up (InternalServerError 500 for a refused connection or a missing
-    # key); the foreign causes are the evidence of what really happened.
-    evidence = [e for e in chain if not type(e).__module__.startswith("litellm")]
-    answered = any(isinstance(e, (httpx.HTTPStatusError, openai.APIStatusError)) for e in evidence)
-    headers = _headers(chain)
-    retry_after = parse_retry_after(headers)
-
-    if not answered:
-        if isinstance(exc, (asyncio.TimeoutError, litellm.Timeout)) or any(
-            isinstance(e, (openai.APITimeoutError, httpx.TimeoutException, asyncio.TimeoutError))
-            for e in evidence
-        ):
-            return _Failure("timeout", message, None, True, retry_after)
-        if isinstance(exc, litellm.APIConnectionError) or any(
-            isinstance(e, _connection_errors()) for e in evidence
-        ):
-            return _Failure("connection", message, None, True, retry_after)
-        if evidence:
-            # Raised here, not by the server (e.g. the OpenAI SDK refusing to run without a
-            # key): the same call would fail the same way.
-            return _Failure("client_error", message, None, False)
-
-    status = _status_code(exc, evidence)
-    if isinstance(exc, litellm.ContextWindowExceededError):
-        return _Failure("context_window", message, status or 400, False)
-    if isinstance(exc, litellm.ContentPolicyViolationError):
-        return _Failure("content_policy", message, status or 400, False)
-    if status is not None:
-        if status == 429 or status == 408 or status >= 500:
-            kind = _STATUS_TYPES.get(status, "server_error")
-            return _Failure(kind, message, status, True, retry_after)
-        if 400 <= status < 500:
-            return _Failure(_STATUS_TYPES.get(status, "request_error"), message, status, False)
-    if isinstance(exc, litellm.RateLimitError):
-        return _Failure("rate_limit", message, status, True, retry_after)
-    if isinstance(exc, (litellm.InternalServerError, litellm.ServiceUnavailableError)):
-        return _Failure("server_error", message, status, True, retry_after)
-    return _Failure(type(exc).__name__, message, status, False)
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    import httpx
-    import openai
-
-    kinds: tuple[type[BaseException], ...] = (
-        openai.APIConnectionError,
-        httpx.TransportError,
-        ConnectionError,
-    )
-    try:  # LiteLLM's default async transport; usually wrapped in httpx errors already
-        import aiohttp
-    except ImportError:  # pragma: no cover - optional dependency of litellm
-        return kinds
-    return (*kinds, aiohttp.ClientConnectionError)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(seen) < 16:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _status_code(exc: BaseException, evidence: list[BaseException]) -> int | None:
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and 100 <= status <= 599:
-        return status
-    for e in evidence:
-        response = getattr(e, "response", None)
-        code = getattr(response, "status_code", None)
-        if isinstance(code, int) and 100 <= code <= 599:
-            return code
-    return None
-
-
-def _headers(chain: list[BaseException]) -> dict[str, str]:
-    """Response headers carried anywhere on the exception chain, lower-cased keys."""
-    out: dict[str, str] = {}
-    for e in reversed(chain):  # the outermost wins
-        sources = [
-            getattr(e, "litellm_response_headers", None),
-            getattr(e, "headers", None),
-            getattr(getattr(e, "response", None), "headers", None),
-        ]
-        for source in sources:
-            if source is None or not hasattr(source, "items"):
-                continue
-            try:
-                out.update({str(k).lower(): str(v) for k, v in source.items()})
-            except Exception:  # noqa: BLE001 - odd header containers are ignored
-                continue
-    return out
-
-
-def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
-
-    ``headers`` must have lower-cased keys. None when absent or unreadable; never negative.
-    """
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            ms = float(raw_ms)
-        except ValueError:
-            ms = math.nan
-        if math.isfinite(ms) and ms >= 0:
-            return ms / 1000.0
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass  # not a number: an HTTP date
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4 and secret in text:
-        return text.replace(secret, "***")
-    return text
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from expertgraph.core.errors import ExpertCallError
 from expertgraph.core.types import ExpertCard, ExpertFailure, Generation, Message
 
 MessageLike = Message | Mapping[str, Any]
+
+# Failure types (``Generation.error.type``) that more than one kind of expert reports.
+INVALID_PARAMS = "invalid_params"
+"""A call parameter the expert cannot use (a bad value, a reserved name)."""
+CONTEXT_WINDOW = "context_window"
+"""The prompt does not fit the model's context."""
+TIMEOUT = "timeout"
+"""No answer within the call's (or an attempt's) timeout."""
+
+# Context-local, not global: the timeout of the generate() call running in this task; the
+# task that runs _generate inherits it.
+_CALL_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "expertgraph_call_timeout", default=None
+)
 
 
 @dataclass
@@ -28,25 +44,6 @@ class RawOutput:
     attempts: int = 1
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class ExpertCallError(Exception):
-    """Raised by a concrete expert for a failure it has already classified."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        type: str = "error",
-        status_code: int | None = None,
-        retryable: bool = False,
-        attempts: int = 1,
-    ) -> None:
-        super().__init__(message)
-        self.type = type
-        self.status_code = status_code
-        self.retryable = retryable
-        self.attempts = attempts
 
 
 def to_messages(messages: Sequence[MessageLike] | str) -> list[Message]:
@@ -66,15 +63,23 @@ def last_user_text(messages: Sequence[Message]) -> str:
     return messages[-1].content if messages else ""
 
 
+def call_timeout_s() -> float | None:
+    """The timeout of the :meth:`Expert.generate` call running in this context, else None."""
+    return _CALL_TIMEOUT.get()
+
+
 class Expert(ABC):
     """Base class of all experts.
 
-    Subclasses implement :meth:`_generate`. The base class enforces the card's timeout and
-    concurrency limit, measures latency, prices tokens with the card when the subclass does
-    not, and turns every exception into ``Generation.error``: :meth:`generate` never raises.
+    Subclasses implement :meth:`_generate`. The base class enforces the call's timeout (the
+    ``timeout`` param, else the card's) and the card's concurrency limit, measures latency,
+    prices tokens with the card when the subclass does not, and turns every exception into
+    ``Generation.error``: :meth:`generate` never raises.
     """
 
     kind: str = "expert"
+    secret_params: ClassVar[frozenset[str]] = frozenset()
+    """Per-call params handed to :meth:`_generate` but never recorded (credentials)."""
 
     def __init__(self, name: str, card: ExpertCard | None = None) -> None:
         if not name or not name.strip():
@@ -91,7 +96,11 @@ class Expert(ABC):
 
     @abstractmethod
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
-        """Produce one answer; raise on failure (preferably :class:`ExpertCallError`)."""
+        """Produce one answer; raise on failure (preferably :class:`ExpertCallError`).
+
+        ``params`` are the call's, without ``sample`` and ``timeout``; the timeout, should
+        the expert budget its own work, is :func:`call_timeout_s`.
+        """
 
     async def load(self) -> None:
         """Load weights or open connections ahead of the first call (optional).
@@ -111,20 +120,25 @@ class Expert(ABC):
             self._semaphores[loop] = sem
         return sem
 
-    async def generate(
-        self, messages: Sequence[MessageLike] | str, **params: Any
-    ) -> Generation:
+    async def generate(self, messages: Sequence[MessageLike] | str, **params: Any) -> Generation:
         """Answer ``messages``. Failures come back as ``Generation.error``, never raised."""
         sample = int(params.pop("sample", 0))
-        timeout = float(params.pop("timeout", self.card.timeout_s))
+        timeout = params.pop("timeout", self.card.timeout_s)
+        recorded = _jsonable({k: v for k, v in params.items() if k not in self.secret_params})
+        timeout_s = self.card.timeout_s
         started = time.perf_counter()
         try:
+            timeout_s = _seconds(timeout)
             msgs = to_messages(messages)
             # Loading weights may take a minute once per process; it is not the call's time.
             await self.load()
             started = time.perf_counter()
-            async with self._semaphore():
-                raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout)
+            token = _CALL_TIMEOUT.set(timeout_s)
+            try:
+                async with self._semaphore():
+                    raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout_s)
+            finally:
+                _CALL_TIMEOUT.reset(token)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes data
@@ -132,9 +146,9 @@ class Expert(ABC):
                 expert=self.name,
                 latency_s=time.perf_counter() - started,
                 attempts=getattr(exc, "attempts", 1),
-                error=_failure_from(exc, timeout),
+                error=_failure_from(exc, timeout_s),
                 sample=sample,
-                params=_jsonable(params),
+                params=recorded,
             )
         cost = (
             raw.cost
@@ -152,11 +166,26 @@ class Expert(ABC):
             attempts=raw.attempts,
             model=raw.model,
             sample=sample,
-            params=_jsonable(params),
+            params=recorded,
         )
 
 
-def _failure_from(exc: BaseException, timeout: float) -> ExpertFailure:
+def _seconds(value: Any) -> float:
+    """The call's ``timeout`` param as seconds; an unusable value fails the call."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0:  # NaN included
+        raise ExpertCallError(
+            f"timeout must be a positive number of seconds, got {value!r}",
+            type=INVALID_PARAMS,
+            attempts=0,
+        )
+    return seconds
+
+
+def _failure_from(exc: BaseException, timeout_s: float) -> ExpertFailure:
     if isinstance(exc, ExpertCallError):
         return ExpertFailure(
             type=exc.type,
@@ -164,8 +193,10 @@ def _failure_from(exc: BaseException, timeout: float) -> ExpertFailure:
             status_code=exc.status_code,
             retryable=exc.retryable,
         )
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return ExpertFailure(type="timeout", message=f"no answer within {timeout:g}s", retryable=True)
+    if isinstance(exc, TimeoutError):
+        return ExpertFailure(
+            type=TIMEOUT, message=f"no answer within {timeout_s:g}s", retryable=True
+        )
     return ExpertFailure(type=type(exc).__name__, message=str(exc) or repr(exc))
 
 
@@ -174,6 +205,8 @@ def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if isinstance(value, (str, int, float, bool)) or value is None:
             out[key] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        elif isinstance(value, (list, tuple)) and all(
+            isinstance(v, (str, int, float)) for v in value
+        ):
             out[key] = list(value)
     return out

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from expertgraph.agents.base import Expert, RawOutput, last_user_text
+from expertgraph.core.errors import ExpertCallError
 from expertgraph.core.types import ExpertCard, Generation, Message
 
 
@@ -24,9 +25,7 @@ class CallableExpert(Expert):
 
     kind = "callable"
 
-    def __init__(
-        self, name: str, fn: Callable[..., Any], card: ExpertCard | None = None
-    ) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], card: ExpertCard | None = None) -> None:
         super().__init__(name, card)
         if not callable(fn):
             raise TypeError(f"expert {name!r}: {fn!r} is not callable")
@@ -47,7 +46,9 @@ class CallableExpert(Expert):
         """Build from ``"package.module:function"``."""
         module_name, _, attr = path.partition(":")
         if not module_name or not attr:
-            raise ValueError(f"expert {name!r}: callable must look like 'module:function', got {path!r}")
+            raise ValueError(
+                f"expert {name!r}: callable must look like 'module:function', got {path!r}"
+            )
         module = importlib.import_module(module_name)
         try:
             fn = getattr(module, attr)
@@ -70,8 +71,6 @@ class CallableExpert(Expert):
 def _to_raw(result: Any, name: str) -> RawOutput:
     if isinstance(result, Generation):
         if result.error is not None:
-            from expertgraph.agents.base import ExpertCallError
-
             raise ExpertCallError(result.error.message, type=result.error.type)
         return RawOutput(
             text=result.text,

@@ -7,6 +7,8 @@ import operator
 import re
 from fractions import Fraction
 
+from expertgraph.core.errors import CalculatorError
+
 _BINARY = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -26,10 +28,6 @@ _WORDS = {
     "divided by": "/",
     "over": "/",
 }
-
-
-class CalculatorError(ValueError):
-    """The text holds no arithmetic the calculator can evaluate."""
 
 
 def _eval(node: ast.AST) -> Fraction:

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 import pytest
 from openai_server import OpenAIServer, Reply, count_words, free_port
 
-from expertgraph.agents.api import APIExpert, RetrySettings, parse_retry_after
+from expertgraph.agents import APIExpert, RetrySettings
+from expertgraph.agents._api_errors import parse_retry_after
+from expertgraph.core.errors import ExpertCallError, ExpertGraphError
 from expertgraph.core.types import ExpertCard
 
 FAST = RetrySettings(max_attempts=4, initial_wait_s=0.01, max_wait_s=0.05)
@@ -43,7 +45,9 @@ def srv(server: OpenAIServer) -> Iterator[OpenAIServer]:
 
 def make_expert(srv: OpenAIServer, **kwargs: object) -> APIExpert:
     kwargs.setdefault("retry", FAST)
-    kwargs.setdefault("card", ExpertCard(cost_per_1k_input=2.0, cost_per_1k_output=4.0, timeout_s=10))
+    kwargs.setdefault(
+        "card", ExpertCard(cost_per_1k_input=2.0, cost_per_1k_output=4.0, timeout_s=10)
+    )
     return APIExpert("remote", "openai/loopback-model", api_base=srv.url + "/v1", **kwargs)  # type: ignore[arg-type]
 
 
@@ -68,7 +72,9 @@ async def test_cost_from_litellm_price_map_for_known_model(srv: OpenAIServer) ->
     prices = import_litellm().model_cost["gpt-4o-mini"]
     card = ExpertCard(cost_per_1k_input=100.0, cost_per_1k_output=100.0)
     srv.script([(200, "one two three")])
-    expert = APIExpert("mini", "openai/gpt-4o-mini", api_base=srv.url + "/v1", card=card, retry=FAST)
+    expert = APIExpert(
+        "mini", "openai/gpt-4o-mini", api_base=srv.url + "/v1", card=card, retry=FAST
+    )
     gen = await expert.generate(PROMPT)
 
     expected = (
@@ -81,7 +87,12 @@ async def test_cost_from_litellm_price_map_for_known_model(srv: OpenAIServer) ->
 
     srv.script([(200, "one two three")])
     carded = APIExpert(
-        "mini", "openai/gpt-4o-mini", api_base=srv.url + "/v1", card=card, retry=FAST, pricing="card"
+        "mini",
+        "openai/gpt-4o-mini",
+        api_base=srv.url + "/v1",
+        card=card,
+        retry=FAST,
+        pricing="card",
     )
     gen = await carded.generate(PROMPT)
     assert gen.cost == pytest.approx(card.estimate_cost(gen.input_tokens, gen.output_tokens))
@@ -152,7 +163,10 @@ async def test_context_window_error_is_not_retried(srv: OpenAIServer) -> None:
         [
             Reply(
                 status=400,
-                error_message="This model's maximum context length is 8 tokens. However, you requested 900 tokens.",
+                error_message=(
+                    "This model's maximum context length is 8 tokens. "
+                    "However, you requested 900 tokens."
+                ),
                 error_code="context_length_exceeded",
             ),
             (200, "must not be reached"),
@@ -320,8 +334,20 @@ async def test_params_and_passthrough_reach_the_server(srv: OpenAIServer) -> Non
 
 async def test_stream_param_is_refused_without_a_request(srv: OpenAIServer) -> None:
     gen = await make_expert(srv).generate(PROMPT, stream=True)
-    assert gen.error is not None and gen.error.type == "bad_params"
+    assert gen.error is not None and gen.error.type == "invalid_params"
     assert srv.attempts == 0
+
+
+async def test_unusable_timeout_is_an_error_not_an_exception(srv: OpenAIServer) -> None:
+    for timeout in ("soon", 0, -1, float("nan")):
+        gen = await make_expert(srv).generate(PROMPT, timeout=timeout)
+        assert gen.error is not None and gen.error.type == "invalid_params", timeout
+        assert "timeout" in gen.error.message
+    assert srv.attempts == 0
+
+
+def test_expert_call_error_is_an_expertgraph_error() -> None:
+    assert issubclass(ExpertCallError, ExpertGraphError)
 
 
 async def test_handler_computes_answers_from_the_request() -> None:
@@ -372,12 +398,15 @@ def test_backoff_grows_and_is_capped() -> None:
 
 def test_importing_the_api_expert_does_not_import_litellm() -> None:
     code = (
-        "import sys, expertgraph.agents, expertgraph.agents.api, expertgraph.agents._litellm; "
+        "import sys, expertgraph.agents._litellm; "
+        "from expertgraph.agents import APIExpert, RetrySettings; APIExpert('x', 'openai/m'); "
         "assert 'litellm' not in sys.modules, 'litellm imported'; "
         "assert 'openai' not in sys.modules, 'openai imported'"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -389,7 +418,9 @@ def test_import_litellm_sets_offline_defaults() -> None:
         "assert m.suppress_debug_info is True"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 

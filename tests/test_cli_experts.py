@@ -11,7 +11,9 @@ from openai_server import OpenAIServer
 from expertgraph.orchestrator.cli import main
 
 
-def test_experts_lists_and_checks_each_expert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_experts_lists_and_checks_each_expert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with OpenAIServer(default="OK") as server:
         config = tmp_path / "cfg.yaml"
         config.write_text(
@@ -41,10 +43,15 @@ experts:
         finally:
             del os.environ["LOOPBACK_KEY"]
         assert server.attempts == 1
-    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["experts"]}
+    rows = {
+        r["name"]: r
+        for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["experts"]
+    }
     assert code == 1  # one expert does not answer
     assert rows["remote"]["status"] == "ok" and "OK" in rows["remote"]["detail"]
-    assert rows["offline"]["status"] == "error" and "connection" in rows["offline"]["detail"].lower()
+    assert (
+        rows["offline"]["status"] == "error" and "connection" in rows["offline"]["detail"].lower()
+    )
     # The calculator has no arithmetic to do in the probe: it loads, but its answer is an error.
     assert rows["calc"]["status"] == "error" and "no arithmetic" in rows["calc"]["detail"]
     assert main(["experts", "--config", str(config), "--no-check", "--json"]) == 0

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from expertgraph.agents import _bundled
-from expertgraph.agents.local import (
+from expertgraph.agents import (
     BUNDLED_MODELS,
     LocalHFExpert,
+    _bundled,
     bundled_model_available,
     completion_prompt,
 )
-from expertgraph.core.errors import ExpertLoadError
+from expertgraph.core.errors import ConfigError, ExpertLoadError
 from expertgraph.core.types import Message
 
 pytestmark = pytest.mark.models
@@ -70,8 +70,10 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smol: LocalHFExpert) -
 
 def test_importing_does_not_import_torch() -> None:
     code = (
-        "import sys, expertgraph.agents.local, expertgraph.agents._bundled\n"
-        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "import sys, expertgraph.agents._bundled\n"
+        "from expertgraph.agents import LocalHFExpert, clear_model_cache, completion_prompt\n"
+        "LocalHFExpert('smol', 'smollm2-135m')\n"
+        "bad = [m for m in ('torch', 'transformers', 'litellm') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -139,9 +141,7 @@ async def test_same_model_shares_weights(smol: LocalHFExpert) -> None:
     assert spec is not None and spec.submodule_search_locations
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     by_path = LocalHFExpert("path", str(gguf), num_threads=1)
-    by_folder = LocalHFExpert(
-        "folder", str(gguf.parent), gguf_file=gguf.name, num_threads=1
-    )
+    by_folder = LocalHFExpert("folder", str(gguf.parent), gguf_file=gguf.name, num_threads=1)
     for expert in (by_alias, by_path, by_folder):
         assert expert.model is None
         started = time.perf_counter()
@@ -244,7 +244,7 @@ async def test_model_folder_loads_and_generates(tiny_folder: Path) -> None:
     assert first.finish_reason in ("stop", "length")
     assert (first.text, first.output_tokens) == (second.text, second.output_tokens)
     too_long = await expert.generate("word " * 200, max_tokens=5)
-    assert too_long.error is not None and too_long.error.type == "context_length"
+    assert too_long.error is not None and too_long.error.type == "context_window"
 
 
 async def test_timeout_stops_the_worker(smol: LocalHFExpert) -> None:
@@ -264,6 +264,10 @@ def test_invalid_options_fail_at_construction() -> None:
         LocalHFExpert("x", "smollm2", prompt_format="poem")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device"):
         LocalHFExpert("x", "smollm2", device="tpu")
+    with pytest.raises(ConfigError, match="max_tokens must be >= 1"):
+        LocalHFExpert("x", "smollm2", max_tokens=0)
+    with pytest.raises(ConfigError, match="top_p"):
+        LocalHFExpert("x", "smollm2", top_p=2.0)
 
 
 async def test_invalid_params_become_errors(smol: LocalHFExpert) -> None:
