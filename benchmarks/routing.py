@@ -42,18 +42,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from expertgraph.policies.learning.cost import calibrate_lambda, choose
 from expertgraph.policies.data.dataset import load_dataset
 from expertgraph.policies.embeddings.cache import cached_embedder
+from expertgraph.policies.learning.cost import calibrate_lambda, choose
 from expertgraph.policies.learning.evaluate import (
     aiq,
     baselines,
     outcome,
     plot_pareto,
-    sweep,
     two_expert_metrics,
 )
-from expertgraph.policies.routing.learned import Featurizer, fit_predict, model_class, out_of_fold
+from expertgraph.policies.learning.features import Featurizer
+from expertgraph.policies.learning.models.base import model_class
+from expertgraph.policies.learning.training import fit_predict, out_of_fold, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["knn", "cluster", "logreg", "mlp", "mf", "task", "ensemble"]
@@ -62,8 +63,11 @@ PEERS = ["knnrouter", "svmrouter", "mlprouter", "mfrouter", "elorouter"]
 
 # RouteLLM's published figures, as SOURCE.md transcribes them (check against arXiv:2406.18665).
 ROUTELLM_PUBLISHED = {
-    "source": "RouteLLM paper Table 6 via ../shared/data/routellm/SOURCE.md (best router, trained on Chatbot "
-    "Arena preference data + augmentation); cost saving vs always GPT-4 at CPT(50%)/CPT(80%)",
+    "source": (
+        "RouteLLM paper Table 6 via ../shared/data/routellm/SOURCE.md (best router, trained on "
+        "Chatbot Arena preference data + augmentation); cost saving vs always GPT-4 at "
+        "CPT(50%)/CPT(80%)"
+    ),
     "mmlu": {
         "saving_cpt50": 1.41,
         "saving_cpt80": 1.14,
@@ -79,9 +83,10 @@ ROUTELLM_PUBLISHED = {
     "mt-bench": {"cpt50_pct": 13.40, "cpt80_pct": 31.3, "apgr": 0.802, "random_cpt50_pct": 49.03},
 }
 TRAINING_DIFFERENCE = (
-    "RouteLLM's routers learn from Chatbot Arena preference battles (plus GPT-4-judge augmentation or "
-    "~1.5k golden MMLU labels) and are evaluated on the whole benchmark, out of distribution; ours learn "
-    "from 4/5 of the same benchmark's own labels (5-fold cross-validation), in distribution."
+    "RouteLLM's routers learn from Chatbot Arena preference battles (plus GPT-4-judge "
+    "augmentation or ~1.5k golden MMLU labels) and are evaluated on the whole benchmark, out of "
+    "distribution; ours learn from 4/5 of the same benchmark's own labels (5-fold "
+    "cross-validation), in distribution."
 )
 
 
@@ -146,7 +151,8 @@ def llmrouter_part(data: Path, embedder: Any, out_dir: Path, folds: int) -> dict
     }
     log(f"[llmrouter] best single {result['best_single']}, oracle {result['oracle']}")
     log(
-        f"[llmrouter] task-level: from train {result['task_best_from_train']}, hindsight {result['task_best_hindsight']}, "
+        f"[llmrouter] task-level: from train {result['task_best_from_train']}, "
+        f"hindsight {result['task_best_hindsight']}, "
         f"hindsight within price {TARGET_PRICE}: {task_hind_budget}"
     )
 
@@ -178,8 +184,10 @@ def llmrouter_part(data: Path, embedder: Any, out_dir: Path, folds: int) -> dict
         log(
             f"[llmrouter] {kind:9s} cv@{TARGET_PRICE}={p['cv_score_at_target']:.4f}  "
             f"lam=0: {p['quality_only']['score']:.4f}@{p['quality_only']['price']:.3f}  "
-            f"train-cal: {p['calibrated_on_train']['score']:.4f}@{p['calibrated_on_train']['price']:.3f}  "
-            f"dedup-cal: {p['calibrated_on_dedup_prompts']['score']:.4f}@{p['calibrated_on_dedup_prompts']['price']:.3f}  "
+            f"train-cal: {p['calibrated_on_train']['score']:.4f}"
+            f"@{p['calibrated_on_train']['price']:.3f}  "
+            f"dedup-cal: {p['calibrated_on_dedup_prompts']['score']:.4f}"
+            f"@{p['calibrated_on_dedup_prompts']['price']:.3f}  "
             f"AIQ {p['aiq']:.4f}  ({p['seconds']}s)"
         )
     # The foundation's zero-shot router: similarity of the prompt to each model's card (its
@@ -194,7 +202,8 @@ def llmrouter_part(data: Path, embedder: Any, out_dir: Path, folds: int) -> dict
     z = policies["embedding (zero-shot)"]
     log(
         f"[llmrouter] embedding (zero-shot cards)  lam=0: {z['quality_only']['score']:.4f}"
-        f"@{z['quality_only']['price']:.3f}  dedup-cal: {z['calibrated_on_dedup_prompts']['score']:.4f}"
+        f"@{z['quality_only']['price']:.3f}  "
+        f"dedup-cal: {z['calibrated_on_dedup_prompts']['score']:.4f}"
         f"@{z['calibrated_on_dedup_prompts']['price']:.3f}  AIQ {z['aiq']:.4f}"
     )
     headline = max(KINDS, key=lambda k: policies[k]["cv_score_at_target"])
@@ -202,7 +211,10 @@ def llmrouter_part(data: Path, embedder: Any, out_dir: Path, folds: int) -> dict
     result.update(
         {
             "policies": policies,
-            "headline_rule": f"the kind with the best cross-validated score at mean price <= {TARGET_PRICE} on train",
+            "headline_rule": (
+                "the kind with the best cross-validated score at mean price "
+                f"<= {TARGET_PRICE} on train"
+            ),
             "policy": headline,
             "score": head["score"],
             "price": head["price"],
@@ -226,8 +238,8 @@ def _zero_shot_quality(
     root: Path, experts: list[str], prompts: list[str], embedder: Any
 ) -> np.ndarray:
     """Card similarity per expert from :class:`EmbeddingRouter`, cards from default_llm.json."""
-    from expertgraph.core.types import ExpertCard
     from expertgraph.core import ExpertView
+    from expertgraph.core.types import ExpertCard
     from expertgraph.policies.routing.embedding import EmbeddingRouter
 
     llms = json.loads(
@@ -415,8 +427,8 @@ def peer_part(data: Path, embedder: Any, work: Path, tie_order: str = "stored") 
             "mix": {m: c / len(picks) for m, c in mix.most_common()},
         }
         log(
-            f"[peer] {name:10s} score {score:.4f}  price {mean_price:.3f}  ({time.time() - t:.0f}s)  "
-            f"top: {mix.most_common(3)}"
+            f"[peer] {name:10s} score {score:.4f}  price {mean_price:.3f}  "
+            f"({time.time() - t:.0f}s)  top: {mix.most_common(3)}"
         )
     return out
 
@@ -477,8 +489,8 @@ def routellm_part(data: Path, embedder: Any, folds: int, benchmarks: list[str]) 
         pub = ROUTELLM_PUBLISHED.get(bench, {})
         if pub:
             log(
-                f"[routellm] {bench}: published (RouteLLM's best router): CPT(50%) ~{pub['cpt50_pct']}% "
-                f"CPT(80%) ~{pub['cpt80_pct']}% strong calls"
+                f"[routellm] {bench}: published (RouteLLM's best router): "
+                f"CPT(50%) ~{pub['cpt50_pct']}% CPT(80%) ~{pub['cpt80_pct']}% strong calls"
                 + (
                     f" (from cost savings {pub['saving_cpt50']}x / {pub['saving_cpt80']}x)"
                     if "saving_cpt50" in pub
@@ -578,8 +590,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             log(
-                f"[peer] best: {best} {ok[best]['score']:.4f} at {ok[best]['price']:.3f}; ours ({part1['policy']}) "
-                f"at that price: {at_peer['score']:.4f} at {at_peer['price']:.3f} (margin {summary['peer_margin']:+.4f})"
+                f"[peer] best: {best} {ok[best]['score']:.4f} at {ok[best]['price']:.3f}; "
+                f"ours ({part1['policy']}) at that price: "
+                f"{at_peer['score']:.4f} at {at_peer['price']:.3f} "
+                f"(margin {summary['peer_margin']:+.4f})"
             )
             for name, v in ok.items():
                 marks[f"peer {name}"] = (v["price"], v["score"])
@@ -602,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"[peer] ties to the cheapest: best {best_alt} {alt[best_alt]['score']:.4f} at "
                     f"{alt[best_alt]['price']:.3f}; ours at that price {at_alt['score']:.4f} at "
-                    f"{at_alt['price']:.3f} (margin {at_alt['score'] - alt[best_alt]['score']:+.4f})"
+                    f"{at_alt['price']:.3f} "
+                    f"(margin {at_alt['score'] - alt[best_alt]['score']:+.4f})"
                 )
                 for name, v in alt.items():
                     marks[f"peer {name} (cheap ties)"] = (v["price"], v["score"])

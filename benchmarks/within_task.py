@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from expertgraph.policies.data.dataset import load_dataset
-from expertgraph.policies.routing.learned import Featurizer, fold_indices
+from expertgraph.policies.learning.features import Featurizer
+from expertgraph.policies.learning.training import fold_indices
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_PRICE = 0.45

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from expertgraph.core import Aggregator, Policy
 from expertgraph.core.errors import ConfigError
 from expertgraph.policies.aggregation.redflags import RedFlags
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 @dataclass
@@ -21,7 +22,6 @@ class BuildContext:
     experts: Mapping[str, Any] = field(default_factory=dict)
     """Live experts by name (an LLM router or fuser calls one of them)."""
     home: Path = Path(".expertgraph")
-    top_k: int = 1
 
 
 class _Options(BaseModel):
@@ -166,7 +166,9 @@ def _medoid(options: MedoidOptions, ctx: BuildContext) -> Aggregator:
     from expertgraph.policies.aggregation.medoid import MedoidAggregator
     from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 
-    return MedoidAggregator(SentenceTransformerEmbedder(options.embedder), red_flags=options.red_flags)
+    return MedoidAggregator(
+        SentenceTransformerEmbedder(options.embedder), red_flags=options.red_flags
+    )
 
 
 def _fusion(options: FusionOptions, ctx: BuildContext) -> Aggregator:
@@ -182,7 +184,8 @@ def _fusion(options: FusionOptions, ctx: BuildContext) -> Aggregator:
 
 
 def _judge(options: JudgeOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.aggregation.fusion import JudgeRanking, expert_by_name
+    from expertgraph.policies.aggregation.fusion import expert_by_name
+    from expertgraph.policies.aggregation.judge import JudgeRanking
 
     return JudgeRanking(
         expert_by_name(ctx.experts, options.expert, "aggregator.expert"),
@@ -193,7 +196,7 @@ def _judge(options: JudgeOptions, ctx: BuildContext) -> Aggregator:
     )
 
 
-# ---- online policies: LLM router, cascade, random, oracle (policies/llm_router.py, cascade.py, baselines.py)
+# ---- online policies: LLM router, cascade, random, oracle (in routing/)
 
 
 class LLMRouterOptions(_Options):
@@ -252,7 +255,9 @@ def _sub_policy(spec: dict[str, Any], ctx: BuildContext, field_name: str) -> Pol
     options = dict(spec)
     name = options.pop("name", None)
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{field_name}.name: a policy name is required", field=f"{field_name}.name")
+        raise ConfigError(
+            f"{field_name}.name: a policy name is required", field=f"{field_name}.name"
+        )
     return build_policy(name, options, ctx)
 
 
@@ -289,12 +294,15 @@ def _cascade(options: CascadeOptions, ctx: BuildContext) -> Policy:
                 field="policy.predictor",
             )
     if (predictor is None) != (options.threshold is None):
-        raise ConfigError("policy.threshold: give a predictor and a threshold together", field="policy.threshold")
+        raise ConfigError(
+            "policy.threshold: give a predictor and a threshold together", field="policy.threshold"
+        )
     return CascadePolicy(options.order, predictor=predictor, threshold=options.threshold)
 
 
 def _cascade_aggregator(options: CascadeAggregatorOptions, ctx: BuildContext) -> Aggregator:
-    from expertgraph.policies.routing.cascade import CascadeAggregator, cascade_order
+    from expertgraph.policies.aggregation.cascade import CascadeAggregator
+    from expertgraph.policies.routing.cascade import cascade_order
 
     _check_names(options.order, ctx, "aggregator.order")
     order = options.order
@@ -341,7 +349,9 @@ def _oracle(options: OracleOptions, ctx: BuildContext) -> Policy:
         lines = path.read_text(encoding="utf-8").splitlines()
         examples = [RoutingExample.model_validate_json(line) for line in lines if line.strip()]
     except (OSError, ValidationError) as exc:
-        raise ConfigError(f"policy.examples: cannot read {path}: {exc}", path=str(path), field="policy.examples") from exc
+        raise ConfigError(
+            f"policy.examples: cannot read {path}: {exc}", path=str(path), field="policy.examples"
+        ) from exc
     return OraclePolicy.from_examples(examples, **kwargs)
 
 
@@ -393,39 +403,83 @@ class Spec:
 
 # Static tables (not mutated at run time): names a config file may use.
 POLICIES: dict[str, Spec] = {
-    "embedding": Spec(EmbeddingOptions, _embedding, "zero-shot similarity of the step to expert cards"),
+    "embedding": Spec(
+        EmbeddingOptions, _embedding, "zero-shot similarity of the step to expert cards"
+    ),
     "fixed": Spec(FixedOptions, _fixed, "always the named expert(s)"),
     "all": Spec(NoOptions, _all, "every expert answers every step"),
-    "llm-router": Spec(LLMRouterOptions, _llm_router, "an expert names the next expert(s) or finishes; validated, with fallback"),
-    "cascade": Spec(CascadeOptions, _cascade, "cheapest adequate expert first (pair with the cascade aggregator)"),
+    "llm-router": Spec(
+        LLMRouterOptions,
+        _llm_router,
+        "an expert names the next expert(s) or finishes; validated, with fallback",
+    ),
+    "cascade": Spec(
+        CascadeOptions,
+        _cascade,
+        "cheapest adequate expert first (pair with the cascade aggregator)",
+    ),
     "random": Spec(RandomOptions, _random, "seeded uniform random choice (baseline)"),
     "oracle": Spec(OracleOptions, _oracle, "best expert from graded answers; evaluation only"),
-    "knn": Spec(LearnedOptions, _learned("knn"), "trained: distance-weighted kNN over labelled prompts, quality - lam*cost"),
-    "cluster": Spec(LearnedOptions, _learned("cluster"), "trained: k-means clusters, per-cluster expert ranking (Avengers-Pro)"),
-    "logreg": Spec(LearnedOptions, _learned("logreg"), "trained: per-expert logistic success predictors on embeddings"),
-    "mlp": Spec(LearnedOptions, _learned("mlp"), "trained: small MLP predicting every expert's success"),
-    "mf": Spec(LearnedOptions, _learned("mf"), "trained: matrix factorisation (RouteLLM mf, N experts)"),
-    "task": Spec(LearnedOptions, _learned("task"), "trained: task classifier x per-task expert quality"),
-    "ensemble": Spec(LearnedOptions, _learned("ensemble"), "trained: mean of several trained routers' predictions"),
+    "knn": Spec(
+        LearnedOptions,
+        _learned("knn"),
+        "trained: distance-weighted kNN over labelled prompts, quality - lam*cost",
+    ),
+    "cluster": Spec(
+        LearnedOptions,
+        _learned("cluster"),
+        "trained: k-means clusters, per-cluster expert ranking (Avengers-Pro)",
+    ),
+    "logreg": Spec(
+        LearnedOptions,
+        _learned("logreg"),
+        "trained: per-expert logistic success predictors on embeddings",
+    ),
+    "mlp": Spec(
+        LearnedOptions, _learned("mlp"), "trained: small MLP predicting every expert's success"
+    ),
+    "mf": Spec(
+        LearnedOptions, _learned("mf"), "trained: matrix factorisation (RouteLLM mf, N experts)"
+    ),
+    "task": Spec(
+        LearnedOptions, _learned("task"), "trained: task classifier x per-task expert quality"
+    ),
+    "ensemble": Spec(
+        LearnedOptions,
+        _learned("ensemble"),
+        "trained: mean of several trained routers' predictions",
+    ),
 }
 AGGREGATORS: dict[str, Spec] = {
     "majority": Spec(NoOptions, _majority, "plurality over normalised answers"),
-    "weighted": Spec(WeightedOptions, _weighted, "plurality weighted by reliability or router score"),
-    "ahead-by-k": Spec(AheadByKOptions, _ahead_by_k, "draw until one answer leads by k votes (MAKER)"),
+    "weighted": Spec(
+        WeightedOptions, _weighted, "plurality weighted by reliability or router score"
+    ),
+    "ahead-by-k": Spec(
+        AheadByKOptions, _ahead_by_k, "draw until one answer leads by k votes (MAKER)"
+    ),
     "medoid": Spec(MedoidOptions, _medoid, "the candidate most similar to all others (embeddings)"),
     "fusion": Spec(FusionOptions, _fusion, "an expert writes one answer from the candidates"),
     "judge": Spec(JudgeOptions, _judge, "an expert ranks the candidates; the top one wins"),
-    "cascade": Spec(CascadeAggregatorOptions, _cascade_aggregator, "self-consistency check, escalate to the next expert on disagreement"),
+    "cascade": Spec(
+        CascadeAggregatorOptions,
+        _cascade_aggregator,
+        "self-consistency check, escalate to the next expert on disagreement",
+    ),
 }
 
 
-def _build(kind: str, table: dict[str, Spec], name: str, options: Mapping[str, Any], ctx: BuildContext) -> Any:
+def _build(
+    kind: str, table: dict[str, Spec], name: str, options: Mapping[str, Any], ctx: BuildContext
+) -> Any:
     if ":" in name:  # a user's own class, "package.module:Class", built with its options
         module_name, _, attr = name.partition(":")
         try:
             cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{kind}.name: cannot import {name!r}: {exc}", field=f"{kind}.name") from exc
+            raise ConfigError(
+                f"{kind}.name: cannot import {name!r}: {exc}", field=f"{kind}.name"
+            ) from exc
         return cls(**options)
     spec = table.get(name)
     if spec is None:
@@ -448,7 +502,9 @@ def _build(kind: str, table: dict[str, Spec], name: str, options: Mapping[str, A
     return spec.build(parsed, ctx)
 
 
-def build_policy(name: str, options: Mapping[str, Any] | None = None, ctx: BuildContext | None = None) -> Policy:
+def build_policy(
+    name: str, options: Mapping[str, Any] | None = None, ctx: BuildContext | None = None
+) -> Policy:
     """Build a routing policy by its config name (or ``module:Class``).
 
     Every policy also takes ``sticky_margin``: keep the previous step's expert(s) unless
@@ -461,7 +517,8 @@ def build_policy(name: str, options: Mapping[str, Any] | None = None, ctx: Build
         return policy
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0:
         raise ConfigError(
-            f"policy.sticky_margin: a number >= 0 is required, got {margin!r}", field="policy.sticky_margin"
+            f"policy.sticky_margin: a number >= 0 is required, got {margin!r}",
+            field="policy.sticky_margin",
         )
     from expertgraph.policies.routing.sticky import StickyPolicy
 

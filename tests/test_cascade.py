@@ -11,18 +11,23 @@ import pytest
 
 from expertgraph.agents import CallableExpert
 from expertgraph.agents.tools import calculator
-from expertgraph.core import AnswerFormat, Budget, ExpertCard, PlanStep, RoutingExample, Task
+from expertgraph.core import (
+    AnswerFormat,
+    Budget,
+    ExpertCard,
+    ExpertHealth,
+    ExpertView,
+    PlanStep,
+    RoutingExample,
+    RoutingState,
+    Task,
+)
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.core import ExpertView, RoutingState
-from expertgraph.policies.routing.cascade import (
-    CascadeAggregator,
-    CascadePolicy,
-    QualityPredictor,
-    calibrate_threshold,
-    cascade_order,
-)
+from expertgraph.policies.aggregation.cascade import CascadeAggregator
+from expertgraph.policies.learning.calibration import calibrate_threshold
 from expertgraph.policies.registry import BuildContext, build_aggregator, build_policy
+from expertgraph.policies.routing.cascade import CascadePolicy, QualityPredictor, cascade_order
 from expertgraph.traces import CallRecord, load_run
 
 NUMBER = AnswerFormat(kind="number")
@@ -30,7 +35,9 @@ TOKENS_IN, TOKENS_OUT = 120, 8
 
 
 def _card(price: float) -> ExpertCard:
-    return ExpertCard(description="arithmetic", cost_per_1k_input=price, cost_per_1k_output=2 * price)
+    return ExpertCard(
+        description="arithmetic", cost_per_1k_input=price, cost_per_1k_output=2 * price
+    )
 
 
 def _priced(text: str) -> dict[str, object]:
@@ -80,7 +87,9 @@ def test_agreeing_cheap_expert_is_accepted_without_escalation(tmp_path: Path) ->
         CallableExpert("strong", steady, _card(1.0)),
         CallableExpert("cheap", steady, _card(0.1)),
     ]
-    result = _orchestrator(tmp_path, experts).run(Task(prompt="What is 6 * 7?", answer_format=NUMBER))
+    result = _orchestrator(tmp_path, experts).run(
+        Task(prompt="What is 6 * 7?", answer_format=NUMBER)
+    )
 
     step = result.steps[0]
     assert step.decision.experts == ["cheap"] and step.decision.mode == "cascade"
@@ -100,11 +109,16 @@ def test_disagreeing_cheap_expert_escalates_and_costs_add_up(tmp_path: Path) -> 
         CallableExpert("cheap", make_shaky(0), _card(0.1)),
         CallableExpert("strong", steady, _card(1.0)),
     ]
-    result = _orchestrator(tmp_path, experts).run(Task(prompt="What is 6 * 7?", answer_format=NUMBER))
+    result = _orchestrator(tmp_path, experts).run(
+        Task(prompt="What is 6 * 7?", answer_format=NUMBER)
+    )
 
     step = result.steps[0]
     assert [(g.expert, g.sample) for g in step.generations] == [
-        ("cheap", 0), ("cheap", 1), ("cheap", 2), ("strong", 0)
+        ("cheap", 0),
+        ("cheap", 1),
+        ("cheap", 2),
+        ("strong", 0),
     ]
     assert result.answer == "42"
     assert step.result.winner == ["strong#0"]
@@ -112,7 +126,9 @@ def test_disagreeing_cheap_expert_escalates_and_costs_add_up(tmp_path: Path) -> 
     assert cascade["accepted"] == "strong"
     [escalation] = cascade["escalations"]
     assert escalation.startswith("cheap agreement 0.") and escalation.endswith("< 1")
-    assert step.result.meta["requests"][0].startswith("self-consistency check: 2 more sample(s) of cheap")
+    assert step.result.meta["requests"][0].startswith(
+        "self-consistency check: 2 more sample(s) of cheap"
+    )
     assert step.result.meta["requests"][1] == f"escalate to strong: {escalation}"
     assert step.result.stop_reason == "cascade: accepted strong, the last tier"
     assert {e.expert for e in step.result.excluded} == {"cheap"}
@@ -132,12 +148,16 @@ def test_three_tiers_stop_at_the_first_confident_one(tmp_path: Path) -> None:
         CallableExpert("mid", steady, _card(0.5)),
         CallableExpert("cheap", make_shaky(1), _card(0.1)),
     ]
-    result = _orchestrator(tmp_path, experts).run(Task(prompt="What is 9 + 10?", answer_format=NUMBER))
+    result = _orchestrator(tmp_path, experts).run(
+        Task(prompt="What is 9 + 10?", answer_format=NUMBER)
+    )
     step = result.steps[0]
     assert [g.expert for g in step.generations] == ["cheap"] * 3 + ["mid"] * 3
     assert result.answer == "19"
     assert step.result.meta["cascade"]["accepted"] == "mid"
-    assert result.usage.cost == pytest.approx(3 * _cost(experts[2].card) + 3 * _cost(experts[1].card))
+    assert result.usage.cost == pytest.approx(
+        3 * _cost(experts[2].card) + 3 * _cost(experts[1].card)
+    )
 
 
 def test_failing_tier_escalates_without_sampling(tmp_path: Path) -> None:
@@ -145,7 +165,9 @@ def test_failing_tier_escalates_without_sampling(tmp_path: Path) -> None:
         CallableExpert("cheap", broken, _card(0.1)),
         CallableExpert("strong", steady, _card(1.0)),
     ]
-    result = _orchestrator(tmp_path, experts).run(Task(prompt="What is 2 + 2?", answer_format=NUMBER))
+    result = _orchestrator(tmp_path, experts).run(
+        Task(prompt="What is 2 + 2?", answer_format=NUMBER)
+    )
     step = result.steps[0]
     assert [g.expert for g in step.generations] == ["cheap", "strong"]
     assert step.result.meta["cascade"]["escalations"] == ["cheap gave no usable answer"]
@@ -198,6 +220,20 @@ def test_order_and_registry_options() -> None:
         build_policy("cascade", {"predictor": {"name": "random"}, "threshold": 0.5}, ctx)
 
 
+def test_policy_routes_around_an_expert_that_failed_every_call_and_says_so() -> None:
+    views = [
+        ExpertView("cheap", _card(0.1), health=ExpertHealth(calls=2, errors=2)),
+        ExpertView("strong", _card(1.0)),
+        ExpertView("mid", _card(0.5)),
+    ]
+    state = RoutingState(task=Task(prompt="What is 2 + 2?"), step_index=0, experts=views)
+    decision = CascadePolicy().decide(state)
+    assert decision.experts == ["mid"] and decision.meta["cascade_order"] == ["mid", "strong"]
+    assert decision.rationale == (
+        "cascade: cheapest first (mid < strong); routed around failing experts: cheap"
+    )
+
+
 # ---- calibration on built data ----------------------------------------------------------------
 
 EXPERTS = ["cheap", "strong"]
@@ -244,14 +280,20 @@ class LabelMeanPredictor:
         self.means: dict[str, np.ndarray] = {}
         for label in {ex.task for ex in examples}:
             rows = [ex for ex in examples if ex.task == label]
-            self.means[str(label)] = np.array([np.mean([ex.scores[e] for ex in rows]) for e in self.experts])
+            self.means[str(label)] = np.array(
+                [np.mean([ex.scores[e] for ex in rows]) for e in self.experts]
+            )
 
     def predict_quality(self, prompts: list[str]) -> np.ndarray:
         return np.stack([self.means[p.split()[0]] for p in prompts])
 
 
 def _brute_force(
-    examples: list[RoutingExample], conf: dict[str, list[float]], threshold: float, calls: float, pay_tried: bool
+    examples: list[RoutingExample],
+    conf: dict[str, list[float]],
+    threshold: float,
+    calls: float,
+    pay_tried: bool,
 ) -> tuple[float, float]:
     quality = cost = 0.0
     for i, ex in enumerate(examples):
@@ -276,7 +318,9 @@ def test_calibration_from_samples_meets_a_cost_target_optimally() -> None:
     cheapest, dearest = min(c for _, c in points), max(c for _, c in points)
     target = (cheapest + dearest) / 2
 
-    cal = calibrate_threshold(examples, EXPERTS, target_cost=target, samples=2, answer_format=NUMBER)
+    cal = calibrate_threshold(
+        examples, EXPERTS, target_cost=target, samples=2, answer_format=NUMBER
+    )
     assert cal.signal == "samples" and cal.met and cal.used == 300 and cal.skipped == []
     assert cal.ignored_experts == ["oracle-9000"]
     quality, cost = _brute_force(examples, conf, cal.threshold, 3.0, True)
@@ -307,10 +351,14 @@ def test_calibration_from_predicted_quality_meets_a_quality_target_and_drives_th
 
     # The policy with the calibrated threshold makes the same choices the calibration simulated.
     policy = CascadePolicy(predictor=predictor, threshold=cal.threshold)
-    views = [ExpertView(n, ExpertCard(cost_per_1k_input=0.1 if n == "cheap" else 1.0)) for n in EXPERTS]
+    views = [
+        ExpertView(n, ExpertCard(cost_per_1k_input=0.1 if n == "cheap" else 1.0)) for n in EXPERTS
+    ]
     costs = []
     for ex in held:
-        decision = policy.decide(RoutingState(task=Task(prompt=ex.prompt), step_index=0, experts=views))
+        decision = policy.decide(
+            RoutingState(task=Task(prompt=ex.prompt), step_index=0, experts=views)
+        )
         assert decision.scores == pytest.approx(
             dict(zip(["strong", "cheap"], predictor.predict_quality([ex.prompt])[0]))
         )
@@ -321,7 +369,9 @@ def test_calibration_from_predicted_quality_meets_a_quality_target_and_drives_th
 def test_calibration_edge_cases() -> None:
     examples = _built_examples(40, seed=3)
     # A row that lacks the strong expert is skipped and reported.
-    examples.append(RoutingExample(id="partial", prompt="geo q", scores={"cheap": 1.0}, costs={"cheap": 0.1}))
+    examples.append(
+        RoutingExample(id="partial", prompt="geo q", scores={"cheap": 1.0}, costs={"cheap": 0.1})
+    )
     cal = calibrate_threshold(examples, EXPERTS, target_cost=0.0, signal="samples")
     assert cal.skipped == ["partial"] and not cal.met
     assert cal.escalation_rate == 0.0  # the closest to an unreachable cost target: never escalate

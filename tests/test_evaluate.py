@@ -10,6 +10,7 @@ import pytest
 
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import RoutingExample
+from expertgraph.policies.data.dataset import save_jsonl
 from expertgraph.policies.learning.cost import (
     calibrate_lambda,
     calibrate_shares,
@@ -18,7 +19,6 @@ from expertgraph.policies.learning.cost import (
     shares,
     utility,
 )
-from expertgraph.policies.data.dataset import save_jsonl
 from expertgraph.policies.learning.evaluate import (
     aiq,
     apgr,
@@ -30,9 +30,9 @@ from expertgraph.policies.learning.evaluate import (
     per_task_best,
     plot_pareto,
     routellm_curve,
-    sweep,
     two_expert_metrics,
 )
+from expertgraph.policies.learning.training import sweep
 
 EXPERTS = ["cheap", "mid", "dear"]
 S = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
@@ -113,7 +113,7 @@ def test_sweep_pareto_and_aiq() -> None:
         a["cost"] < b["cost"] and a["score"] < b["score"]
         for a, b in zip(front, front[1:], strict=False)
     )
-    # AIQ of two points (0, 0) and (1, 1) over [0, 1] is the triangle's area 0.5; flat extension above
+    # AIQ of two points (0, 0) and (1, 1) over [0, 1] is the triangle's area 0.5; flat above
     assert aiq(
         [{"cost": 0.0, "score": 0.0}, {"cost": 1.0, "score": 1.0}], 0.0, 1.0
     ) == pytest.approx(0.5, abs=1e-3)
@@ -123,6 +123,16 @@ def test_sweep_pareto_and_aiq() -> None:
     # a dominated point under the hull does not count
     pts = [{"cost": 0.0, "score": 0.0}, {"cost": 0.5, "score": 0.1}, {"cost": 1.0, "score": 1.0}]
     assert aiq(pts, 0.0, 1.0) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sweep_takes_per_expert_costs_and_reaches_the_cheapest_expert() -> None:
+    # The middle expert is far better than the free one and costs almost nothing more: only a
+    # lambda of about 1000 over the cost spread makes the free one win.
+    q = np.tile([0.0, 0.9, 1.0], (3, 1))
+    costs = np.array([0.0, 0.001, 1.0])
+    points = sweep(q, S[:3], costs)
+    assert points == sweep(q, S[:3], np.tile(costs, (3, 1)))
+    assert points[0]["cost"] == 1.0 and points[-1]["cost"] == 0.0
 
 
 def test_routellm_thresholds_match_pandas_qcut() -> None:

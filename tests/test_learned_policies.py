@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from expertgraph.core import ExpertHealth, ExpertView, RoutingState
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.core.types import ExpertCard, PlanStep, RoutingExample, Task
-from expertgraph.core import ExpertHealth, ExpertView, RoutingState
 from expertgraph.policies.data.dataset import from_examples, save_jsonl
-from expertgraph.policies.routing.learned import MODEL_KINDS, LearnedRouter, train_router
+from expertgraph.policies.learning.models.base import MODEL_KINDS
+from expertgraph.policies.learning.training import train_router
 from expertgraph.policies.registry import BuildContext, build_policy
+from expertgraph.policies.routing.learned import LearnedRouter
 
 pytestmark = pytest.mark.models
 
@@ -311,6 +313,13 @@ def test_decide_respects_step_restriction_failures_and_top_k(
         routed.experts != ["mathbot"]
         and "routed around failing experts: mathbot" in routed.rationale
     )
+    assert "mathbot" not in routed.scores
+    # With avoid_failing off, the failing expert stays in the pool (the step's allowed experts).
+    router.avoid_failing = False
+    kept = router.decide(state(math, health=broken))
+    assert kept.experts == ["mathbot"] and set(kept.scores) == set(EXPERTS)
+    assert "routed around" not in kept.rationale
+    router.avoid_failing = True
     two = router.decide(state(math, top_k=2))
     assert len(two.experts) == 2 and two.experts[0] == "mathbot" and two.mode == "topk"
     # an open task is answered in one step, then the policy finishes

@@ -9,19 +9,30 @@ from pathlib import Path
 import pytest
 
 from expertgraph.agents import CallableExpert
-from expertgraph.core import Decision, ExpertCard, PlanStep, RoutingExample, Task
+from expertgraph.core import (
+    Decision,
+    ExpertCard,
+    ExpertHealth,
+    ExpertView,
+    PlanStep,
+    Policy,
+    RoutingExample,
+    RoutingState,
+    Task,
+)
 from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.core import ExpertView, Policy, RoutingState
-from expertgraph.policies.routing.baselines import OraclePolicy, RandomPolicy
 from expertgraph.policies.registry import BuildContext, build_policy
+from expertgraph.policies.routing.baselines import OraclePolicy, RandomPolicy
 from expertgraph.policies.routing.sticky import StickyPolicy
 from expertgraph.traces import RouteRecord, load_run
 
 
 def _named(name: str) -> CallableExpert:
     # Each expert signs its answers, so a run shows who answered which step.
-    return CallableExpert(name, lambda prompt: f"{name}: {prompt.splitlines()[-1]}", ExpertCard(description=name))
+    return CallableExpert(
+        name, lambda prompt: f"{name}: {prompt.splitlines()[-1]}", ExpertCard(description=name)
+    )
 
 
 def _ctx(*names: str) -> BuildContext:
@@ -56,13 +67,21 @@ def test_sticky_margin_keeps_the_previous_expert_unless_beaten(tmp_path: Path) -
     assert [s.result.text.split(":")[0] for s in result.steps] == ["a", "a", "b", "b"]
     routes = [r.decision for r in load_run(result.trace_path).records if isinstance(r, RouteRecord)]
     assert "sticky" not in routes[0].meta
-    assert routes[1].meta["sticky"]["notes"] == ["kept a (score 0.600) over b (score 0.700): margin 0.100 < 0.25"]
-    assert routes[1].meta["sticky"]["inner_choice"] == ["b"] and routes[1].meta["sticky"]["kept"] == ["a"]
-    assert routes[1].rationale.endswith("sticky: kept a (score 0.600) over b (score 0.700): margin 0.100 < 0.25")
+    assert routes[1].meta["sticky"]["notes"] == [
+        "kept a (score 0.600) over b (score 0.700): margin 0.100 < 0.25"
+    ]
+    assert routes[1].meta["sticky"]["inner_choice"] == ["b"] and routes[1].meta["sticky"][
+        "kept"
+    ] == ["a"]
+    assert routes[1].rationale.endswith(
+        "sticky: kept a (score 0.600) over b (score 0.700): margin 0.100 < 0.25"
+    )
     assert routes[2].meta["sticky"]["notes"] == [
         "switched from a (score 0.300) to b (score 0.800): margin 0.500 >= 0.25"
     ]
-    assert routes[3].meta["sticky"]["notes"] == ["kept b (score 0.500) over a (score 0.600): margin 0.100 < 0.25"]
+    assert routes[3].meta["sticky"]["notes"] == [
+        "kept b (score 0.500) over a (score 0.600): margin 0.100 < 0.25"
+    ]
     assert all(r.policy == "oracle+sticky" for r in routes)
 
     # Without stickiness the same scores switch at every lead.
@@ -81,7 +100,9 @@ def test_sticky_does_not_keep_an_expert_that_failed_every_call(tmp_path: Path) -
     policy = StickyPolicy(OraclePolicy(allow=True), 0.5)
     # The oracle itself routes around failing experts, so pin step 0 to a via plan restriction.
     plan = [PlanStep(instruction="step 0", experts=["a", "b"]), PlanStep(instruction="step 1")]
-    result = Orchestrator(experts, policy, trace_dir=tmp_path).run(Task(plan=plan, metadata={"scores": scores}))
+    result = Orchestrator(experts, policy, trace_dir=tmp_path).run(
+        Task(plan=plan, metadata={"scores": scores})
+    )
     first, second = result.steps
     assert first.decision.experts == ["a"] and [g.expert for g in first.generations] == ["a", "b"]
     assert second.decision.experts == ["b"]
@@ -95,13 +116,17 @@ def test_sticky_with_top_k_swaps_only_the_weak_challenger() -> None:
         def decide(self, state: RoutingState) -> Decision:
             scores = {"a": 0.9, "b": 0.50, "c": 0.55, "d": 0.1}
             ranked = sorted(scores, key=scores.__getitem__, reverse=True)[:2]
-            return Decision(instruction="x", experts=ranked, scores=scores, rationale="table", policy="table")
+            return Decision(
+                instruction="x", experts=ranked, scores=scores, rationale="table", policy="table"
+            )
 
     from expertgraph.core.types import Step
 
     views = [ExpertView(n, ExpertCard()) for n in "abcd"]
     previous = Step(index=0, instruction="x", decision=Decision(experts=["b", "d"]))
-    state = RoutingState(task=Task(prompt="x"), step_index=1, experts=views, steps=[previous], top_k=2)
+    state = RoutingState(
+        task=Task(prompt="x"), step_index=1, experts=views, steps=[previous], top_k=2
+    )
     decision = StickyPolicy(Table(), 0.1).decide(state)
     # The weakest challenger meets the strongest benched incumbent: c (0.55) beats b (0.50) by
     # only 0.05, so b stays; a (0.9) displaces d (0.1) by far.
@@ -117,7 +142,7 @@ def test_sticky_with_top_k_swaps_only_the_weak_challenger() -> None:
         build_policy("random", {"sticky_margin": "high"}, _ctx("a"))
 
 
-# ---- random ---------------------------------------------------------------------------------------
+# ---- random --------------------------------------------------------------------------------------
 
 
 def test_random_is_seeded_per_task_and_records_its_draws(tmp_path: Path) -> None:
@@ -127,7 +152,10 @@ def test_random_is_seeded_per_task_and_records_its_draws(tmp_path: Path) -> None
 
     def choices(seed: int) -> list[str]:
         policy = RandomPolicy(seed)
-        return [policy.decide(RoutingState(task=t, step_index=0, experts=views)).experts[0] for t in tasks]
+        return [
+            policy.decide(RoutingState(task=t, step_index=0, experts=views)).experts[0]
+            for t in tasks
+        ]
 
     first = choices(1)
     assert choices(1) == first  # reproducible
@@ -146,7 +174,33 @@ def test_random_is_seeded_per_task_and_records_its_draws(tmp_path: Path) -> None
         assert step.decision.rationale.startswith("random (seed 5): ")
 
 
-# ---- oracle ---------------------------------------------------------------------------------------
+def test_random_and_oracle_route_around_failing_experts_and_say_so() -> None:
+    scores = {"a": 1.0, "b": 0.2, "c": 0.6}
+    task = Task(id="t", prompt="x", metadata={"scores": scores})
+
+    def views(failed: str) -> list[ExpertView]:
+        health = {n: ExpertHealth(calls=1, errors=1) for n in failed}
+        return [ExpertView(n, ExpertCard(), health=health.get(n, ExpertHealth())) for n in "abc"]
+
+    state = RoutingState(task=task, step_index=0, experts=views("a"))
+    drawn = RandomPolicy(3).decide(state)
+    assert set(drawn.scores) == {"b", "c"} and drawn.experts[0] in {"b", "c"}
+    assert drawn.rationale.startswith("random (seed 3): top-1 by a uniform draw (")
+    assert drawn.rationale.endswith("; routed around failing experts: a")
+    best = OraclePolicy(allow=True).decide(state)
+    assert best.experts == ["c"] and set(best.scores) == {"b", "c"}
+    assert best.rationale == (
+        "oracle from task.metadata['scores']: top-1 by score (c=0.600, b=0.200); "
+        "routed around failing experts: a"
+    )
+    # When every expert failed every call, all of them are tried again: none is routed around.
+    retry = OraclePolicy(allow=True).decide(
+        RoutingState(task=task, step_index=0, experts=views("abc"))
+    )
+    assert retry.experts == ["a"] and "routed around" not in retry.rationale
+
+
+# ---- oracle --------------------------------------------------------------------------------------
 
 
 def test_oracle_is_refused_unless_allowed() -> None:
@@ -159,11 +213,15 @@ def test_oracle_is_refused_unless_allowed() -> None:
 def test_oracle_from_an_examples_file_ignores_unknown_experts(tmp_path: Path) -> None:
     examples = [
         RoutingExample(
-            id="q1", prompt="Capital of Peru?", scores={"a": 0.0, "b": 1.0, "gpt-9": 1.0},
+            id="q1",
+            prompt="Capital of Peru?",
+            scores={"a": 0.0, "b": 1.0, "gpt-9": 1.0},
             costs={"a": 0.1, "b": 0.3, "gpt-9": 9.0},
         ),
         RoutingExample(
-            id="q2", prompt="What is 2 + 2?", scores={"a": 1.0, "b": 1.0, "gpt-9": 1.0},
+            id="q2",
+            prompt="What is 2 + 2?",
+            scores={"a": 1.0, "b": 1.0, "gpt-9": 1.0},
             costs={"a": 0.1, "b": 0.3, "gpt-9": 9.0},
         ),
     ]
@@ -180,15 +238,21 @@ def test_oracle_from_an_examples_file_ignores_unknown_experts(tmp_path: Path) ->
     assert tie.steps[0].decision.experts == ["a"]
 
     # Cost-aware: with lam large enough the cheap wrong answer wins over the dear right one.
-    lam = (examples[0].scores["b"] - examples[0].scores["a"]) / (examples[0].costs["b"] - examples[0].costs["a"])
+    lam = (examples[0].scores["b"] - examples[0].scores["a"]) / (
+        examples[0].costs["b"] - examples[0].costs["a"]
+    )
     frugal = OraclePolicy.from_examples(examples, allow=True, lam=lam * 1.5)
     views = [ExpertView(n, ExpertCard()) for n in ("a", "b")]
-    decision = frugal.decide(RoutingState(task=Task(id="q1", prompt="x"), step_index=0, experts=views))
+    decision = frugal.decide(
+        RoutingState(task=Task(id="q1", prompt="x"), step_index=0, experts=views)
+    )
     assert decision.experts == ["a"]
     assert decision.scores["a"] > decision.scores["b"]
 
     unknown = orch.run(Task(prompt="never seen"))
-    assert unknown.stop_reason.startswith("policy 'oracle' failed: PolicyError: oracle: no scores for task")
+    assert unknown.stop_reason.startswith(
+        "policy 'oracle' failed: PolicyError: oracle: no scores for task"
+    )
     with pytest.raises(ConfigError, match="policy.examples"):
         build_policy("oracle", {"allow": True, "examples": str(tmp_path / "missing.jsonl")}, ctx)
     path.write_text(json.dumps({"id": "x"}) + "\n", encoding="utf-8")

@@ -41,8 +41,7 @@ def test_best_assignment_matches_brute_force(probe: ModuleType) -> None:
         best = max(
             sum(means[t][j] * counts[t] for t, j in zip(sorted(means), combo, strict=True))
             for combo in itertools.product(range(3), repeat=4)
-            if sum(price[j] * counts[t] for t, j in zip(sorted(means), combo, strict=True))
-            / total
+            if sum(price[j] * counts[t] for t, j in zip(sorted(means), combo, strict=True)) / total
             <= budget + 1e-9
         )
         assert value == pytest.approx(best)

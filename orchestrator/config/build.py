@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,23 +62,33 @@ def build_expert(cfg: ExpertConfig) -> Expert:
 
 
 def build_from_config(
-    cfg: ExpertGraphConfig, cls: type[Orchestrator], *, base_dir: Path | None = None
+    cfg: ExpertGraphConfig,
+    cls: type[Orchestrator],
+    *,
+    base_dir: Path | None = None,
+    experts: Mapping[str, Expert] | None = None,
 ) -> Orchestrator:
-    """Build an orchestrator (or a subclass) from a parsed configuration."""
+    """Build an orchestrator (or a subclass) from a parsed configuration.
+
+    ``experts``: live experts by name, used instead of building those configured experts.
+    """
     names = [e.name for e in cfg.experts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"experts: duplicate names {duplicates}", field="experts")
-    experts = [build_expert(e) for e in cfg.experts]
+    live = experts or {}
+    built = [live[e.name] if e.name in live else build_expert(e) for e in cfg.experts]
     home = Path(cfg.home)
     if base_dir is not None and not home.is_absolute():
         home = base_dir / home
-    ctx = BuildContext(experts={e.name: e for e in experts}, home=home, top_k=cfg.top_k)
+    ctx = BuildContext(experts={e.name: e for e in built}, home=home)
     policy = build_policy(cfg.policy.name, cfg.policy.options, ctx)
     aggregator = build_aggregator(cfg.aggregator.name, cfg.aggregator.options, ctx)
-    snapshot: dict[str, Any] = cfg.model_dump(mode="json", exclude={"experts": {"__all__": {"card"}}})
+    snapshot: dict[str, Any] = cfg.model_dump(
+        mode="json", exclude={"experts": {"__all__": {"card"}}}
+    )
     return cls(
-        experts,
+        built,
         policy,
         aggregator,
         top_k=cfg.top_k,

@@ -6,6 +6,7 @@ from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from expertgraph.policies.learning.artifacts import Artifact, load_artifact, save_artifact
+    from expertgraph.policies.learning.calibration import CascadeCalibration, calibrate_threshold
     from expertgraph.policies.learning.cost import calibrate_lambda, calibrate_shares, choose
     from expertgraph.policies.learning.evaluate import (
         PolicyReport,
@@ -15,38 +16,35 @@ if TYPE_CHECKING:
         evaluate,
         pareto_front,
     )
-    from expertgraph.policies.routing.cascade import calibrate_threshold
-    from expertgraph.policies.routing.learned import (
-        MODEL_KINDS,
-        Featurizer,
-        ScoringModel,
-        make_model,
-        train_router,
-    )
+    from expertgraph.policies.learning.features import Featurizer
+    from expertgraph.policies.learning.models.base import MODEL_KINDS, ScoringModel, make_model
+    from expertgraph.policies.learning.training import train_router
 
 _EXPORTS = {
     "Artifact": "expertgraph.policies.learning.artifacts",
-    "Featurizer": "expertgraph.policies.routing.learned",
-    "MODEL_KINDS": "expertgraph.policies.routing.learned",
+    "CascadeCalibration": "expertgraph.policies.learning.calibration",
+    "Featurizer": "expertgraph.policies.learning.features",
+    "MODEL_KINDS": "expertgraph.policies.learning.models.base",
     "PolicyReport": "expertgraph.policies.learning.evaluate",
-    "ScoringModel": "expertgraph.policies.routing.learned",
+    "ScoringModel": "expertgraph.policies.learning.models.base",
     "aiq": "expertgraph.policies.learning.evaluate",
     "apgr": "expertgraph.policies.learning.evaluate",
     "calibrate_lambda": "expertgraph.policies.learning.cost",
     "calibrate_shares": "expertgraph.policies.learning.cost",
-    "calibrate_threshold": "expertgraph.policies.routing.cascade",
+    "calibrate_threshold": "expertgraph.policies.learning.calibration",
     "choose": "expertgraph.policies.learning.cost",
     "cpt": "expertgraph.policies.learning.evaluate",
     "evaluate": "expertgraph.policies.learning.evaluate",
     "load_artifact": "expertgraph.policies.learning.artifacts",
-    "make_model": "expertgraph.policies.routing.learned",
+    "make_model": "expertgraph.policies.learning.models.base",
     "pareto_front": "expertgraph.policies.learning.evaluate",
     "save_artifact": "expertgraph.policies.learning.artifacts",
-    "train_router": "expertgraph.policies.routing.learned",
+    "train_router": "expertgraph.policies.learning.training",
 }
 
 __all__ = [
     "Artifact",
+    "CascadeCalibration",
     "Featurizer",
     "MODEL_KINDS",
     "PolicyReport",

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import MissingDependencyError, PolicyError
 from expertgraph.policies.learning.cost import calibrate_lambda, calibrate_shares, choose
+from expertgraph.policies.learning.training import sweep
 
 # numpy >= 2 calls it trapezoid; 1.26 only has trapz.
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -135,26 +137,6 @@ def per_task_best(
 # ----------------------------------------------------------------------------- curves
 
 
-def sweep(
-    quality: np.ndarray, scores: np.ndarray, costs: np.ndarray, points: int = 161
-) -> list[dict[str, float]]:
-    """Top-1 choice over a sweep of lambda: ``[{lam, cost, score}]`` from lam = 0 upwards."""
-    spread = float(np.max(costs) - np.min(costs)) or 1.0
-    lams = np.concatenate([[0.0], np.geomspace(1e-4, 1e3, points - 1) / spread])
-    out = []
-    for lam in lams:
-        picked = choose(quality, costs, float(lam))[:, 0]
-        rows = np.arange(len(picked))
-        out.append(
-            {
-                "lam": float(lam),
-                "cost": float(costs[rows, picked].mean()),
-                "score": float(np.nanmean(scores[rows, picked])),
-            }
-        )
-    return out
-
-
 def pareto_front(points: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
     """The points no other point beats on both cost (lower) and score (higher), by cost."""
     ordered = sorted(points, key=lambda p: (p["cost"], -p["score"]))
@@ -246,7 +228,7 @@ def apgr(curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: 
 def cpt(
     curve: Sequence[Mapping[str, float]], weak_score: float, strong_score: float, pct: float
 ) -> float:
-    """Call-performance threshold: % strong calls to reach ``pct`` of the gap (RouteLLM's interp)."""
+    """Call-performance threshold: % strong calls to reach ``pct`` of the gap (RouteLLM interp)."""
     pts = sorted(curve, key=lambda p: p["strong_pct"])
     target = pct * (strong_score - weak_score) + weak_score
     return float(np.interp(target, [p["score"] for p in pts], [p["strong_pct"] for p in pts]))
@@ -418,19 +400,13 @@ def evaluate(
     comes from ``lam``, else from ``target_cost`` calibrated on the evaluation prompts'
     predictions (no labels), else from the artifact (0 for a fresh model).
     """
-    from expertgraph.policies.data.dataset import detect_layout, load_dataset
-    from expertgraph.policies.routing.learned import (
-        MODEL_KINDS,
-        Featurizer,
-        LearnedRouter,
-        fit_predict,
-        model_class,
-        out_of_fold,
-    )
+    from expertgraph.policies.data.dataset import detect_layout, load_dataset, split_subset
+    from expertgraph.policies.learning.features import Featurizer
+    from expertgraph.policies.learning.models.base import MODEL_KINDS, model_class
+    from expertgraph.policies.learning.training import fit_predict, out_of_fold
+    from expertgraph.policies.routing.learned import LearnedRouter
 
-    text = str(data)
-    if "#" in text and subset is None:
-        text, _, subset = text.rpartition("#")
+    text, subset = split_subset(data, subset)
     layout = detect_layout(text)
     split = _default_split(layout, split)
     ds = load_dataset(text, split=split, subset=subset)
@@ -478,7 +454,8 @@ def evaluate(
             trained_on = f"{train.name} split {train_split} ({len(train)} rows)"
         else:
             raise PolicyError(
-                f"{policy}: this data has no separate training split; pass --cv K or a trained folder"
+                f"{policy}: this data has no separate training split; "
+                "pass --cv K or a trained folder"
             )
     elif policy in BASELINE_POLICIES or policy.startswith("fixed:"):
         name = policy

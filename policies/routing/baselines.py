@@ -10,13 +10,7 @@ from typing import Any
 from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import Decision, RoutingExample
-
-
-def _healthy(state: RoutingState) -> list[str]:
-    """Allowed experts minus those that failed every call so far (all of them if none is left)."""
-    views = state.candidates
-    ok = [v.name for v in views if not (v.health.calls and v.health.errors == v.health.calls)]
-    return ok or [v.name for v in views]
+from expertgraph.policies.routing._ranking import format_scores, top_k_decision
 
 
 class RandomPolicy(Policy):
@@ -42,17 +36,14 @@ class RandomPolicy(Policy):
         if instruction is None:
             return finish_decision(state, self.name, "open task answered in one step")
         rng = self._rng(state)
-        pool = _healthy(state)
-        scores = {name: rng.random() for name in pool}
-        k = max(1, self.top_k or state.k)
-        chosen = sorted(pool, key=lambda n: scores[n], reverse=True)[:k]
-        return Decision(
-            instruction=instruction,
-            experts=chosen,
-            scores=scores,
-            mode="top1" if len(chosen) == 1 else "topk",
-            rationale=f"random (seed {self.seed}): {', '.join(chosen)} drew the highest of {len(pool)}",
-            policy=self.name,
+        scores = {v.name: rng.random() for v in state.candidates}
+        return top_k_decision(
+            state,
+            scores,
+            self.top_k or state.k,
+            self.name,
+            f"a uniform draw ({format_scores(scores)})",
+            prefix=f"random (seed {self.seed}): ",
         )
 
 
@@ -138,28 +129,28 @@ class OraclePolicy(Policy):
         if instruction is None:
             return finish_decision(state, self.name, "open task answered in one step")
         known, costs, source = self._lookup(state)
-        pool = [n for n in _healthy(state) if n in known]
+        usable = [v.name for v in state.candidates]
+        pool = [n for n in usable if n in known]
         if not pool:
             raise PolicyError(
                 f"oracle: the scores of task {state.task.id!r} name none of the usable experts "
-                f"{_healthy(state)} (they name {sorted(known)})"
+                f"{usable} (they name {sorted(known)})"
             )
         utility = {n: float(known[n]) - self.lam * float(costs.get(n, 0.0)) for n in pool}
         position = {n: i for i, n in enumerate(pool)}
         ranked = sorted(pool, key=lambda n: (-utility[n], float(costs.get(n, 0.0)), position[n]))
-        k = max(1, self.top_k or state.k)
-        chosen = ranked[:k]
         ignored = sorted(set(known) - {v.name for v in state.experts})
-        rationale = f"oracle from {source}: " + ", ".join(f"{n}={utility[n]:.3f}" for n in ranked)
         meta: dict[str, Any] = {"evaluation_only": True}
         if ignored:
             meta["ignored_experts"] = ignored
-        return Decision(
-            instruction=instruction,
-            experts=chosen,
-            scores=utility,
-            mode="top1" if len(chosen) == 1 else "topk",
-            rationale=rationale,
-            policy=self.name,
+        rule = f"score - {self.lam:g}*cost" if self.lam else "score"
+        return top_k_decision(
+            state,
+            utility,
+            self.top_k or state.k,
+            self.name,
+            f"{rule} ({format_scores(utility, ranked)})",
+            prefix=f"oracle from {source}: ",
+            ranking=ranked,
             meta=meta,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
 from expertgraph.core import (
     ExpertView,
     Policy,
@@ -15,6 +16,7 @@ from expertgraph.core import (
 from expertgraph.core.protocols import Embedder
 from expertgraph.core.types import Decision, ExpertCard
 from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
+from expertgraph.policies.routing._ranking import format_scores, top_k_decision
 
 
 def card_texts(name: str, card: ExpertCard) -> list[str]:
@@ -30,7 +32,8 @@ class EmbeddingRouter(Policy):
     between the step text and the expert's card texts (description, skills, examples): the
     max rewards one close example, the mean keeps a broad card from winning on one phrase.
     The top ``k`` experts are chosen; every expert's score is recorded in the decision.
-    Experts whose calls all failed so far in the run are routed around.
+    Experts whose calls all failed so far in the run are routed around (unless
+    ``avoid_failing`` is False).
     """
 
     name = "embedding"
@@ -75,28 +78,13 @@ class EmbeddingRouter(Policy):
         instruction = next_instruction(state)
         if instruction is None:
             return finish_decision(state, self.name, "open task answered in one step")
-        views = state.candidates
+        views = state.candidates if self.avoid_failing else state.allowed
         scores = self.score(instruction, views)
-        k = self.top_k or state.k
-        healthy = [
-            v.name
-            for v in views
-            if not (self.avoid_failing and v.health.calls and v.health.errors == v.health.calls)
-        ]
-        pool = healthy or [v.name for v in views]
-        ranked = sorted(pool, key=lambda n: scores[n], reverse=True)
-        chosen = ranked[: max(1, k)]
-        skipped = sorted(set(scores) - set(pool))
-        rationale = ", ".join(f"{n}={scores[n]:.3f}" for n in sorted(scores, key=scores.get, reverse=True))
-        rationale = f"top-{len(chosen)} by card similarity ({rationale})"
-        if skipped:
-            rationale += f"; routed around failing experts: {', '.join(skipped)}"
-        return Decision(
-            action="call",
-            instruction=instruction,
-            experts=chosen,
-            scores=scores,
-            mode="top1" if len(chosen) == 1 else "topk",
-            rationale=rationale,
-            policy=self.name,
+        return top_k_decision(
+            state,
+            scores,
+            self.top_k or state.k,
+            self.name,
+            f"card similarity ({format_scores(scores)})",
+            routed_around=state.routed_around if self.avoid_failing else [],
         )

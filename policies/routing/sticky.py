@@ -59,16 +59,10 @@ class StickyPolicy(Policy):
     def _incumbents(self, state: RoutingState) -> list[str]:
         if not state.steps:
             return []
-        allowed = {v.name: v for v in state.candidates}
-        out: list[str] = []
-        for name in state.steps[-1].decision.experts:
-            view = allowed.get(name)
-            if view is None:
-                continue
-            if view.health.calls and view.health.errors == view.health.calls:
-                continue  # an expert that failed every call is no incumbent worth keeping
-            out.append(name)
-        return out
+        # An expert that failed every call is no incumbent worth keeping, even when the step
+        # falls back to such experts because none is usable.
+        usable = {v.name for v in state.candidates if v.health.usable}
+        return [n for n in state.steps[-1].decision.experts if n in usable]
 
     def apply(self, decision: Decision, state: RoutingState) -> Decision:
         """Apply stickiness to the inner policy's decision."""
@@ -79,7 +73,10 @@ class StickyPolicy(Policy):
             return decision
         unscored = [n for n in incumbents if n not in decision.scores]
         if unscored:
-            meta = {**decision.meta, "sticky": {"margin": self.margin, "note": f"no score for {unscored}"}}
+            meta = {
+                **decision.meta,
+                "sticky": {"margin": self.margin, "note": f"no score for {unscored}"},
+            }
             return decision.model_copy(update={"meta": meta})
         scores = decision.scores
         chosen = list(decision.experts)

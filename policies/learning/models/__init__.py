@@ -1,10 +1,16 @@
-"""The scoring models a learned router can use, by kind: knn, cluster, logreg, mlp, mf, task, ensemble."""
+"""The scoring models of learned routers: their contract, and each kind (knn, mlp, mf, ...)."""
 
 from typing import TYPE_CHECKING
 
 from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from expertgraph.policies.learning.models.base import (
+        MODEL_KINDS,
+        ScoringModel,
+        make_model,
+        model_class,
+    )
     from expertgraph.policies.learning.models.cluster import ClusterModel
     from expertgraph.policies.learning.models.ensemble import EnsembleModel
     from expertgraph.policies.learning.models.knn import KNNModel
@@ -19,7 +25,11 @@ _EXPORTS = {
     "LogRegModel": "expertgraph.policies.learning.models.linear",
     "MFModel": "expertgraph.policies.learning.models.mf",
     "MLPModel": "expertgraph.policies.learning.models.linear",
+    "MODEL_KINDS": "expertgraph.policies.learning.models.base",
+    "ScoringModel": "expertgraph.policies.learning.models.base",
     "TaskModel": "expertgraph.policies.learning.models.task",
+    "make_model": "expertgraph.policies.learning.models.base",
+    "model_class": "expertgraph.policies.learning.models.base",
 }
 
 __all__ = [
@@ -29,7 +39,11 @@ __all__ = [
     "LogRegModel",
     "MFModel",
     "MLPModel",
+    "MODEL_KINDS",
+    "ScoringModel",
     "TaskModel",
+    "make_model",
+    "model_class",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

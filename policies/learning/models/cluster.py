@@ -15,9 +15,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
+from expertgraph.policies.learning._optim import masked_targets
+from expertgraph.policies.learning.models.base import ScoringModel
 from expertgraph.policies.learning.models.knn import unit_rows
-from expertgraph.policies.routing.learned import ScoringModel, masked_targets
 
 
 def kmeans(

@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.routing.learned import N_SURFACE, ScoringModel, make_model, model_class
+from expertgraph.policies.learning.features import N_SURFACE
+from expertgraph.policies.learning.models.base import ScoringModel, make_model, model_class
 
 DEFAULT_MEMBERS: list[dict[str, Any]] = [{"kind": "knn"}, {"kind": "task"}, {"kind": "mlp"}]
 

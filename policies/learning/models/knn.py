@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.routing.learned import ScoringModel, masked_targets
+from expertgraph.policies.learning._optim import masked_targets
+from expertgraph.policies.learning.models.base import ScoringModel
 
 _CHUNK = 1024
 """Query rows per similarity block: bounds memory at ``_CHUNK x n_train`` floats."""

@@ -12,15 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.routing.learned import (
+from expertgraph.policies.learning._optim import (
     Adam,
-    ScoringModel,
     Standardizer,
     fit_minibatch,
     masked_targets,
     sigmoid,
 )
+from expertgraph.policies.learning.models.base import ScoringModel
 
 
 def _logit_of_mean(Y: np.ndarray) -> np.ndarray:
@@ -168,6 +169,7 @@ class MLPModel(ScoringModel):
             self.weights[f"W{i}"] = rng.normal(0, np.sqrt(2.0 / sizes[i]), (sizes[i], sizes[i + 1]))
             self.weights[f"b{i}"] = np.zeros(sizes[i + 1])
         self.weights[f"b{len(sizes) - 2}"] = _logit_of_mean(Y)
+
         def grads(rows: np.ndarray) -> dict[str, np.ndarray]:
             z, cache = self._forward(Xs[rows], rng)
             return self._backward(soft_bce(z, y[rows], mask[rows])[1], cache)
@@ -176,7 +178,15 @@ class MLPModel(ScoringModel):
             return float(soft_bce(self._forward(Xs[rows])[0], y[rows], mask[rows])[0])
 
         decay = [k for k in self.weights if k.startswith("W")]
-        fit_minibatch(self.weights, len(Xs), self.params, rng, grads=grads, val_loss=val_loss, decay_keys=decay)
+        fit_minibatch(
+            self.weights,
+            len(Xs),
+            self.params,
+            rng,
+            grads=grads,
+            val_loss=val_loss,
+            decay_keys=decay,
+        )
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

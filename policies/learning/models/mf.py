@@ -17,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.learning.models.linear import _logit_of_mean, soft_bce
-from expertgraph.policies.routing.learned import (
-    ScoringModel,
+from expertgraph.policies.learning._optim import (
     Standardizer,
     fit_minibatch,
     masked_targets,
     sigmoid,
 )
+from expertgraph.policies.learning.models.base import ScoringModel
+from expertgraph.policies.learning.models.linear import _logit_of_mean, soft_bce
 
 
 def pairwise_loss(

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from expertgraph.core.errors import PolicyError
-from expertgraph.policies.routing.learned import Adam, ScoringModel, Standardizer, masked_targets
+from expertgraph.policies.learning._optim import Adam, Standardizer, masked_targets
+from expertgraph.policies.learning.models.base import ScoringModel
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
