@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from expertgraph.core.errors import ConfigError
+
+from expertgraph.core.errors import ConfigError, PolicyError
 from expertgraph.core.protocols import Aggregator, Policy
 from expertgraph.policies.registry import POLICIES, BuildContext, build_aggregator, build_policy
 from expertgraph.traces.attribution import RunAttribution, attribute_run
@@ -33,6 +34,7 @@ def _snapshot_options(trace: RunTrace | None, kind: str, name: str) -> dict[str,
 
 def aggregator_factory(trace: RunTrace | None = None) -> Callable[[str], Aggregator]:
     """``name -> Aggregator`` built from the registry, with the run's recorded options."""
+
     def build(name: str) -> Aggregator:
         return build_aggregator(name, _snapshot_options(trace, "aggregator", name), BuildContext())
 
@@ -53,7 +55,9 @@ def _load_spec_file(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}", path=str(path)) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with 'policy' and/or 'aggregator'", path=str(path))
+        raise ConfigError(
+            f"{path}: expected a mapping with 'policy' and/or 'aggregator'", path=str(path)
+        )
     return data
 
 
@@ -78,13 +82,38 @@ def recorded_experts(directory: Path) -> dict[str, ExpertInfo]:
     return experts
 
 
+def _artifact_kind(path: Path) -> str:
+    """The registered policy that loads the trained folder ``path``: the kind in its meta."""
+    from expertgraph.policies.learning import load_artifact
+
+    try:
+        kind = load_artifact(path).kind
+    except PolicyError as exc:
+        raise ConfigError(
+            f"--policy {str(path)!r} is not a .yaml/.json/.toml spec nor a trained folder: {exc}",
+            path=str(path),
+            field="policy",
+        ) from exc
+    if kind not in POLICIES:
+        raise ConfigError(
+            f"--policy {str(path)!r}: a trained {kind!r} router, which no registered policy "
+            f"loads (known: {', '.join(sorted(POLICIES))})",
+            path=str(path),
+            field="policy",
+        )
+    return kind
+
+
 def build_replay_targets(
     policy: str | None,
     aggregator: str | None,
     options: dict[str, Any],
     experts: dict[str, Any] | None = None,
 ) -> tuple[Policy | None, Aggregator | None]:
-    """Live policy and aggregator for ``traces replay`` from names, spec files or a trained file."""
+    """Live policy and aggregator for ``traces replay`` from names, spec files or a trained folder.
+
+    A trained folder (``expertgraph train --out``) is built as the policy of its kind.
+    """
     ctx = BuildContext(experts=dict(experts or {}))
     policy_obj = aggregator_obj = None
     aggregator_spec: tuple[str, dict[str, Any]] | None = None
@@ -104,15 +133,7 @@ def build_replay_targets(
                 name, opts = _spec(data, str(path))
                 policy_obj = build_policy(name, {**opts, **options}, ctx)
         elif path.exists():
-            # A trained policy artifact: the registry's policy that loads from a path.
-            loaders = [n for n, s in POLICIES.items() if "path" in getattr(s.options, "model_fields", {})]
-            if len(loaders) != 1:
-                raise ConfigError(
-                    f"--policy {policy!r} is a file but not a .yaml/.json/.toml spec, and no single "
-                    f"registered policy loads from a path (candidates: {loaders or 'none'})",
-                    field="policy",
-                )
-            policy_obj = build_policy(loaders[0], {"path": str(path), **options}, ctx)
+            policy_obj = build_policy(_artifact_kind(path), {"path": str(path), **options}, ctx)
         else:
             policy_obj = build_policy(policy, options, ctx)
     if aggregator_spec is not None:

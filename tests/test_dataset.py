@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from expertgraph.core.errors import DatasetError
 from expertgraph.core.types import RoutingExample
 from expertgraph.policies.data.dataset import (
-    DatasetError,
+    ROW_COSTS_UNIT,
     RoutingDataset,
     detect_layout,
     from_examples,
     load_dataset,
     load_jsonl,
     save_jsonl,
+    split_subset,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,6 +64,22 @@ def test_jsonl_round_trip_matrices_and_hash(tmp_path: Path) -> None:
     assert changed.sha256() != ds.sha256()
     sub = ds.subset([1], split="held")
     assert sub.prompts == ["Capital of Peru?"] and sub.split == "held" and sub.experts == ds.experts
+
+
+def test_jsonl_rows_with_costs_have_a_cost_unit(tmp_path: Path) -> None:
+    priced = load_dataset(save_jsonl(rows(), tmp_path / "priced.jsonl"))
+    assert priced.has_costs and priced.cost_unit == ROW_COSTS_UNIT
+    free = [r.model_copy(update={"costs": {}}) for r in rows()]
+    assert load_dataset(save_jsonl(free, tmp_path / "free.jsonl")).cost_unit == ""
+    assert from_examples(rows(), cost_unit="USD").cost_unit == "USD"
+
+
+def test_split_subset_is_the_one_path_syntax() -> None:
+    assert split_subset("data/routellm#mmlu") == ("data/routellm", "mmlu")
+    assert split_subset(Path("a#b") / "c#gsm8k") == ("a#b/c", "gsm8k")  # the last '#'
+    assert split_subset("rows.jsonl") == ("rows.jsonl", None)
+    assert split_subset("rows.jsonl", "x") == ("rows.jsonl", "x")
+    assert split_subset("r#s", "given") == ("r#s", "given")  # an explicit subset wins
 
 
 def test_bad_rows_are_reported_with_their_line(tmp_path: Path) -> None:

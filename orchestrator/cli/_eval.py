@@ -14,9 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "eval",
         help="evaluate a routing policy offline on a routing dataset",
-        description="Mean score, mean cost, calls per query and expert mix of a policy, next to the best "
-        "single expert, the oracle and random on the same rows; AIQ over a lambda sweep; APGR and "
-        "CPT(50%%)/CPT(80%%) on two-expert data.",
+        description="Mean score, mean cost, calls per query and expert mix of a policy, next to "
+        "the best single expert, the oracle and random on the same rows; AIQ over a lambda sweep; "
+        "APGR and CPT(50%%)/CPT(80%%) on two-expert data.",
     )
     p.add_argument(
         "--data",
@@ -97,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
         plot=args.plot,
     )
     b = result["baselines"]
+    best = b["best_single"]
     print(
-        f"{result['dataset']} ({result['split']}, n={result['n']}), cost unit: {result['cost_unit']}"
+        f"{result['dataset']} ({result['split']}, n={result['n']}), "
+        f"cost unit: {result['cost_unit']}"
     )
     print(
         f"  {result['policy']:<24} score {_fmt(result['score'])}  cost {_fmt(result['cost'])}  "
@@ -106,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         + (f"  lambda {_fmt(result['lam'])}" if "lam" in result else "")
     )
     print(
-        f"  {'best single':<24} score {_fmt(b['best_single']['score'])}  cost {_fmt(b['best_single']['cost'])}  "
-        f"({b['best_single']['expert']})"
+        f"  {'best single':<24} score {_fmt(best['score'])}  cost {_fmt(best['cost'])}  "
+        f"({best['expert']})"
     )
     print(f"  {'oracle':<24} score {_fmt(b['oracle']['score'])}  cost {_fmt(b['oracle']['cost'])}")
     print(f"  {'random':<24} score {_fmt(b['random']['score'])}  cost {_fmt(b['random']['cost'])}")
@@ -116,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  AIQ {_fmt(result['aiq'])}")
     if "apgr" in result:
         print(
-            f"  APGR {_fmt(result['apgr'])}  CPT(50%) {result['cpt50']:.2f}%  CPT(80%) {result['cpt80']:.2f}%"
+            f"  APGR {_fmt(result['apgr'])}  CPT(50%) {result['cpt50']:.2f}%  "
+            f"CPT(80%) {result['cpt80']:.2f}%"
         )
     if "plot" in result:
         print(f"  Pareto plot: {result['plot']}")

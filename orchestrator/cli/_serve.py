@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from expertgraph.core.errors import MissingDependencyError
+
+if TYPE_CHECKING:
+    from expertgraph.orchestrator.integrations.catalog import ModelCatalog
 
 
 def _aliases(value: str) -> bool | list[str]:
@@ -14,6 +19,19 @@ def _aliases(value: str) -> bool | list[str]:
     if value == "none":
         return False
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _catalog(configs: list[str] | None, aliases: bool | list[str]) -> ModelCatalog:
+    """The ``--config`` files, else what ``expertgraph run`` uses: ./expertgraph.yaml or the
+    built-in configuration."""
+    from expertgraph.orchestrator.cli._run import resolve_config
+    from expertgraph.orchestrator.integrations.catalog import ModelCatalog
+
+    if configs:
+        return ModelCatalog.from_paths(configs, aliases=aliases)
+    cfg, source = resolve_config(None)
+    path = source if Path(source).is_file() else None
+    return ModelCatalog.from_configs([(cfg, path)], aliases=aliases)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -26,8 +44,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise MissingDependencyError(exc.name or "fastapi", "serve") from exc
-    from expertgraph.orchestrator.integrations.catalog import ModelCatalog
-
     settings = ServeSettings(
         api_keys=load_api_keys(args.api_key_file),
         max_body_bytes=args.max_body_bytes,
@@ -35,10 +51,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     # Checked before any config is loaded: a refused bind should not wait for models.
     check_bind(args.host, settings)
-    catalog = ModelCatalog.from_paths(args.config, aliases=_aliases(args.aliases))
+    catalog = _catalog(args.config, _aliases(args.aliases))
     auth = "API keys required" if settings.api_keys else "no API keys (loopback only)"
+    where = f"http://{args.host}:{args.port}/v1"
     print(
-        f"expertgraph: serving {', '.join(catalog.ids())} on http://{args.host}:{args.port}/v1 ({auth})",
+        f"expertgraph: serving {', '.join(catalog.ids())} on {where} ({auth})",
         file=sys.stderr,
         flush=True,
     )
@@ -58,18 +75,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "serve",
         help="serve routing configurations as an OpenAI-compatible chat API",
         description=(
-            "Serve one or more routing configurations at /v1/chat/completions. Each config is "
+            "Serve one or more routing configurations at /v1/chat/completions (default: "
+            "./expertgraph.yaml, else the built-in configuration). Each config is "
             "the model 'expertgraph/<name>'; registered policies are also served as "
             "'expertgraph/<policy>' over the first config's experts. API keys come from "
-            "EXPERTGRAPH_API_KEYS and/or --api-key-file; they are required unless the host is loopback."
+            "EXPERTGRAPH_API_KEYS and/or --api-key-file; they are required unless the host is "
+            "loopback."
         ),
     )
     p.add_argument(
         "--config",
         action="append",
-        required=True,
         metavar="CONFIG",
-        help="a config file or a directory of them (repeatable)",
+        help="a config file or a directory of them (repeatable; default: ./expertgraph.yaml, "
+        "else the built-in configuration)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -81,6 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1_000_000)
     p.add_argument("--max-tokens-limit", dest="max_tokens_limit", type=int, default=4096)
-    p.add_argument("--log-level", dest="log_level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level",
+        dest="log_level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+    )
     p.add_argument("--no-access-log", dest="no_access_log", action="store_true")
     p.set_defaults(func=_cmd_serve)

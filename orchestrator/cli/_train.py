@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from expertgraph.core.errors import ConfigError
 
 
@@ -41,13 +42,14 @@ def parse_shares(pairs: list[str] | None) -> dict[str, float] | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from expertgraph.policies.routing.learned import MODEL_KINDS
+    from expertgraph.policies.learning.models.base import MODEL_KINDS
 
     p = sub.add_parser(
         "train",
         help="train a routing policy on a routing dataset",
-        description="Fit a router on routing data (JSONL, LLMRouter, RouteLLM or ZeroEval layout) and "
-        "write weights.npz + meta.json to --out. Lambda is calibrated on out-of-fold predictions.",
+        description="Fit a router on routing data (JSONL, LLMRouter, RouteLLM or ZeroEval layout) "
+        "and write weights.npz + meta.json to --out. Lambda is calibrated on out-of-fold "
+        "predictions.",
     )
     p.add_argument(
         "--data",
@@ -98,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     from expertgraph.policies.data.dataset import load_dataset
     from expertgraph.policies.embeddings.cache import cached_embedder
-    from expertgraph.policies.routing.learned import train_router
+    from expertgraph.policies.learning.training import train_router
 
     if args.lam is not None and args.target_cost is not None:
         raise ConfigError("give --lam or --target-cost, not both", field="lam")
@@ -128,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         "embeddings": {"cached": embedder.hits, "computed": embedder.misses},
     }
     print(
-        f"trained {args.policy} on {ds.name} ({ds.split}, {len(ds)} rows, {len(router.experts)} experts) "
-        f"-> {folder} (lambda {router.lam:.4g})"
+        f"trained {args.policy} on {ds.name} ({ds.split}, {len(ds)} rows, "
+        f"{len(router.experts)} experts) -> {folder} (lambda {router.lam:.4g})"
     )
     if args.json:
         print(json.dumps(summary))

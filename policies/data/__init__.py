@@ -1,4 +1,4 @@
-"""Routing data sets: JSONL rows of per-expert scores, and loaders for LLMRouter, RouteLLM and ZeroEval."""
+"""Routing data sets: JSONL rows of per-expert scores; LLMRouter, RouteLLM and ZeroEval loaders."""
 
 from typing import TYPE_CHECKING
 
@@ -6,45 +6,41 @@ from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from expertgraph.policies.data.dataset import (
-        DatasetError,
         RoutingDataset,
         detect_layout,
         from_examples,
         load_dataset,
         load_jsonl,
-        load_llmrouter_dc,
-        load_routellm,
-        load_zeroeval_folder,
         save_jsonl,
+        split_subset,
     )
+    from expertgraph.policies.data.llmrouter import load_llmrouter_dc
+    from expertgraph.policies.data.routellm import load_routellm
     from expertgraph.policies.data.zeroeval import (
-        ZeroEvalError,
         ZeroEvalSet,
         load_zeroeval,
+        load_zeroeval_folder,
         score_answer,
     )
 
 _EXPORTS = {
-    "DatasetError": "expertgraph.policies.data.dataset",
     "RoutingDataset": "expertgraph.policies.data.dataset",
-    "ZeroEvalError": "expertgraph.policies.data.zeroeval",
     "ZeroEvalSet": "expertgraph.policies.data.zeroeval",
     "detect_layout": "expertgraph.policies.data.dataset",
     "from_examples": "expertgraph.policies.data.dataset",
     "load_dataset": "expertgraph.policies.data.dataset",
     "load_jsonl": "expertgraph.policies.data.dataset",
-    "load_llmrouter_dc": "expertgraph.policies.data.dataset",
-    "load_routellm": "expertgraph.policies.data.dataset",
+    "load_llmrouter_dc": "expertgraph.policies.data.llmrouter",
+    "load_routellm": "expertgraph.policies.data.routellm",
     "load_zeroeval": "expertgraph.policies.data.zeroeval",
-    "load_zeroeval_folder": "expertgraph.policies.data.dataset",
+    "load_zeroeval_folder": "expertgraph.policies.data.zeroeval",
     "save_jsonl": "expertgraph.policies.data.dataset",
     "score_answer": "expertgraph.policies.data.zeroeval",
+    "split_subset": "expertgraph.policies.data.dataset",
 }
 
 __all__ = [
-    "DatasetError",
     "RoutingDataset",
-    "ZeroEvalError",
     "ZeroEvalSet",
     "detect_layout",
     "from_examples",
@@ -56,6 +52,7 @@ __all__ = [
     "load_zeroeval_folder",
     "save_jsonl",
     "score_answer",
+    "split_subset",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,11 +3,12 @@
 Each model file is a JSON list, one record per question, with the model's raw reply in
 ``output[0]`` and the gold answer in ``answer`` (GSM8K writes it ``"# 18"``) or
 ``correct_answer``. Correctness is not stored: it is parsed here, with the same
-:func:`~expertgraph.policies.aggregation.answers.extract_answer` the voters use, so a benchmark scores
-exactly the answers that vote. ZeroEval's published accuracies, when the folder's
+:func:`~expertgraph.policies.aggregation.answers.extract_answer` the voters use, so a benchmark
+scores exactly the answers that vote. ZeroEval's published accuracies, when the folder's
 ``<task>.summary.json`` sits next to it, come along for a scorer check.
 
-Used by the voting benchmark and by the routing tools (:meth:`ZeroEvalSet.routing_examples`).
+Used by the voting benchmark (:func:`load_zeroeval`, one task folder) and by the routing tools
+(:func:`load_zeroeval_folder`, every task folder as one routing dataset).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from expertgraph.core.errors import ExpertGraphError
+
+from expertgraph.core.errors import DatasetError, ZeroEvalError
 from expertgraph.core.types import AnswerFormat, RoutingExample
 from expertgraph.policies.aggregation.answers import (
     Extracted,
@@ -32,15 +34,12 @@ from expertgraph.policies.aggregation.answers import (
     number_in_span,
     numbers_equal,
 )
+from expertgraph.policies.data.dataset import RoutingDataset, from_examples
 
 Kind = Literal["number", "choice", "text"]
 _GOLD_FIELDS = ("answer", "correct_answer", "gold", "target", "label")
 _QUESTION_FIELDS = ("question", "problem", "instruction", "input", "prompt")
 _CHOICE_GOLD = re.compile(r"^\s*\(?([A-J])\)?\s*$")
-
-
-class ZeroEvalError(ExpertGraphError, ValueError):
-    """A ZeroEval folder is missing, empty or holds records that do not fit the layout."""
 
 
 @dataclass
@@ -343,3 +342,39 @@ def explain_differences(data: ZeroEvalSet, model: str) -> dict[str, int]:
         key = f"{'+' if ours else '-'}{cause}"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+# ----------------------------------------------------------------------------- as a routing dataset
+
+
+def zeroeval_task_dirs(root: Path) -> list[Path]:
+    """The task folders under ``root``: itself if it holds ``<model>.json``, else its children."""
+    if any(
+        p.suffix == ".json" and not p.name.endswith(".summary.json") for p in root.glob("*.json")
+    ):
+        return [root]
+    base = root / "result_dirs" if (root / "result_dirs").is_dir() else root
+    return sorted(p for p in base.iterdir() if p.is_dir() and any(p.glob("*.json")))
+
+
+def load_zeroeval_folder(root: str | Path, task: str | None = None) -> RoutingDataset:
+    """A ZeroEval-style folder: ``result_dirs/<task>/<model>.json`` (or one task folder).
+
+    Each reply is scored 1/0 against the gold answer by :func:`load_zeroeval`. ZeroEval stores
+    no prices, so costs are empty unless the rows are given some later.
+    """
+    base = Path(root)
+    dirs = zeroeval_task_dirs(base)
+    if task is not None:
+        dirs = [d for d in dirs if d.name == task]
+    if not dirs:
+        raise DatasetError(
+            f"{base}: no <task>/<model>.json folders" + (f" for task {task!r}" if task else "")
+        )
+    examples: list[RoutingExample] = []
+    for folder in dirs:
+        data = load_zeroeval(folder)
+        for ex in data.routing_examples():
+            examples.append(ex.model_copy(update={"id": f"{data.task}-{ex.id}"}))
+    name = "zeroeval" + (f"-{task}" if task else "")
+    return from_examples(examples, name=name)
