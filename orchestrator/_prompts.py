@@ -9,13 +9,13 @@ from expertgraph.core.types import Message, Step, Task
 _PLACEHOLDER = re.compile(r"\{step(\d+)\}")
 
 
-def step_answer(step: Step) -> str:
-    """The text a later step sees for an earlier one."""
+def _seen(step: Step) -> str:
+    """What a later step sees of an earlier one: its output, or why there is none."""
     if step.result is None:
         return "(no result)"
-    if step.result.answer is None and not step.result.text:
+    if step.result.failed:
         return "(failed: no expert produced a usable answer)"
-    return step.result.text or step.result.answer or ""
+    return step.result.output or ""
 
 
 def fill_placeholders(instruction: str, steps: list[Step]) -> tuple[str, bool]:
@@ -27,7 +27,7 @@ def fill_placeholders(instruction: str, steps: list[Step]) -> tuple[str, bool]:
         index = int(match.group(1)) - 1
         if 0 <= index < len(steps):
             used = True
-            return step_answer(steps[index])
+            return _seen(steps[index])
         return match.group(0)
 
     return _PLACEHOLDER.sub(repl, instruction), used
@@ -54,7 +54,7 @@ def build_messages(task: Task, steps: list[Step], instruction: str) -> list[Mess
     if task.plan and task.prompt:
         parts.append(f"Overall task: {task.prompt}")
     if steps and not used_placeholders:
-        lines = [f"{s.index + 1}. {s.instruction} -> {step_answer(s)}" for s in steps]
+        lines = [f"{s.index + 1}. {s.instruction} -> {_seen(s)}" for s in steps]
         parts.append("Results of earlier steps:\n" + "\n".join(lines))
     parts.append(text)
     out.append(Message(role="user", content="\n\n".join(parts)))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from expertgraph.agents.callable import CallableExpert
+from expertgraph.core import AggregationContext
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import (
     AnswerFormat,
@@ -23,21 +24,16 @@ from expertgraph.core.types import (
     Task,
 )
 from expertgraph.orchestrator.orchestrator import Orchestrator
+from expertgraph.policies.aggregation._ballots import count, lead
 from expertgraph.policies.aggregation.ahead_by_k import AheadByK, Draw, count_votes
-from expertgraph.core import AggregationContext
-from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
-from expertgraph.policies.aggregation.fusion import (
-    JudgeRanking,
-    LLMFusion,
-    parse_choice_ab,
-    parse_ranking,
-    quote,
-)
+from expertgraph.policies.aggregation.fusion import LLMFusion, quote
+from expertgraph.policies.aggregation.judge import JudgeRanking, parse_choice_ab, parse_ranking
 from expertgraph.policies.aggregation.medoid import MedoidAggregator, medoid_index
 from expertgraph.policies.aggregation.redflags import RedFlags, typical_lengths
-from expertgraph.policies.registry import AGGREGATORS, BuildContext, build_aggregator
 from expertgraph.policies.aggregation.replay import recorded, replay_step
 from expertgraph.policies.aggregation.voting import MajorityVote, WeightedVote, reliability_weight
+from expertgraph.policies.registry import AGGREGATORS, BuildContext, build_aggregator
+from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
 from expertgraph.traces.schema import AggregateRecord, CallRecord
 from expertgraph.traces.store import load_run
 
@@ -167,6 +163,28 @@ def test_count_votes_stops_at_the_first_k_lead() -> None:
         Draw("z", "e", 2, "3"),
     ]
     assert count_votes(flagged, 1).decided_at == 3
+
+
+def test_ballots_and_draws_share_one_count_and_one_leader() -> None:
+    draws = [
+        Draw("a#0", "a", 0, "1"),
+        Draw("b#0", "b", 0, "2"),
+        Draw("c#0", "c", 0, None),
+        Draw("a#1", "a", 1, "2", 0.5),
+    ]
+    votes, supporters = count(draws)
+    assert votes == {"1": 1.0, "2": 1.5} and supporters == {"1": ["a#0"], "2": ["b#0", "a#1"]}
+    assert lead(votes) == ("2", 0.5)
+    assert lead({"x": 1.0, "y": 1.0}) == ("x", 0.0)  # equal votes: the first counted leads
+    assert lead({"x": 2.0}) == ("x", 2.0) and lead({}) == (None, 0.0)
+
+
+def test_ahead_by_k_logs_overshooting_draws_without_counting_them() -> None:
+    cands = [gen("a", "4"), gen("b", "4"), gen("c", "5")]
+    result = AheadByK(2, source="next-expert").combine(cands, ctx(order=["a", "b", "c"]))
+    assert result.stop_reason == "ahead by 2" and result.votes == {"4": 2.0}
+    log = [(d["counted"], d["lead"]) for d in result.meta["draws"]]
+    assert log == [(True, 1.0), (True, 2.0), (False, 2.0)]
 
 
 def test_ahead_by_k_asks_for_just_enough_next_experts() -> None:
@@ -554,9 +572,10 @@ def test_orchestrator_with_all_experts_and_cost_budget(tmp_path: Path) -> None:
     result = orch.run(Task(prompt="1 or 2?", answer_format=NUMBER))
     step = result.steps[0].result
     assert step is not None
-    # Two calls fit the cost budget; the resample they ask for would not.
+    # Two calls fit the cost budget and a third would not: the step's context says so (its
+    # calls_left counts the cost budget), so ahead-by-k stops instead of asking for more.
     assert len(result.steps[0].generations) == 2
-    assert "no budget for more samples" in step.stop_reason
+    assert step.more is None and "no calls left in the step's budget" in step.stop_reason
 
 
 def test_async_acombine_of_fusion_inside_a_running_loop() -> None:
@@ -564,8 +583,8 @@ def test_async_acombine_of_fusion_inside_a_running_loop() -> None:
 
     async def main() -> StepResult:
         agg = LLMFusion(fuser)
-        with pytest.raises(RuntimeError, match="acombine"):
-            agg.combine([gen("a", "1"), gen("b", "2")], ctx())
+        # The sync entry point inside a running loop runs on a worker thread, not this loop.
+        assert agg.combine([gen("a", "1"), gen("b", "2")], ctx()).answer == "2"
         return await agg.acombine([gen("a", "1"), gen("b", "2")], ctx())
 
     assert asyncio.run(main()).answer == "2"

@@ -24,7 +24,12 @@ def test_main_job_routes_each_step_to_the_right_expert(
     payload = json.loads(out[-1])
 
     steps = payload["steps"]
-    assert [s["experts"] for s in steps] == [["smollm2"], ["gemma3"], ["calculator"], ["smollm2", "gemma3"]]
+    assert [s["experts"] for s in steps] == [
+        ["smollm2"],
+        ["gemma3"],
+        ["calculator"],
+        ["smollm2", "gemma3"],
+    ]
     for step in steps:  # the chosen expert is the one the router scored highest
         assert max(step["scores"], key=step["scores"].get) == step["experts"][0]
     assert "Tokyo" in steps[0]["answer"]

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from expertgraph.agents.callable import CallableExpert
+from expertgraph.core import AggregationContext
 from expertgraph.core.errors import ConfigError, TraceError
 from expertgraph.core.types import AnswerFormat, Generation, PlanStep, StepResult, Task
 from expertgraph.orchestrator.cli import main
-from expertgraph.policies.specs import aggregator_factory
 from expertgraph.orchestrator.orchestrator import Orchestrator
-from expertgraph.core import AggregationContext
-from expertgraph.policies.routing.fixed import AllExperts
 from expertgraph.policies.aggregation.voting import MajorityVote
+from expertgraph.policies.routing.fixed import AllExperts
+from expertgraph.policies.specs import aggregator_factory
 from expertgraph.traces.attribution import StepGame, attribute_run, shapley_values
 from expertgraph.traces.labels import LabelStore, Reference
 from expertgraph.traces.store import TraceStore
@@ -51,7 +51,9 @@ def _run(tmp_path: Path, **trace_options: object) -> tuple[TraceStore, str]:
         trace_dir=tmp_path,
         trace_options=trace_options,
     )
-    task = Task(plan=[PlanStep(instruction=s) for s in ANSWERS], answer_format=AnswerFormat(kind="number"))
+    task = Task(
+        plan=[PlanStep(instruction=s) for s in ANSWERS], answer_format=AnswerFormat(kind="number")
+    )
     result = orch.run(task)
     assert len(result.steps) == 3
     return orch.trace_store, result.run_id
@@ -83,7 +85,9 @@ def test_three_expert_run_efficiency_symmetry_and_null_player(tmp_path: Path) ->
     assert three["shapley"]["c"] == 0.0 and three["leave_one_out"]["c"] == 0.0
     # Run values are the sums over steps.
     for name in "abc":
-        assert data["run"]["shapley"][name] == pytest.approx(sum(s["shapley"][name] for s in data["steps"]))
+        assert data["run"]["shapley"][name] == pytest.approx(
+            sum(s["shapley"][name] for s in data["steps"])
+        )
 
 
 def test_values_come_from_labels_when_labelled(tmp_path: Path) -> None:
@@ -93,15 +97,15 @@ def test_values_come_from_labels_when_labelled(tmp_path: Path) -> None:
     labels.add(run_id, 1.0, step=0, expected="13")
     labels.add(run_id, 0.0)
     trace = store.load(run_id)
-    result = attribute_run(
-        trace, aggregator_factory(trace), labels=labels.latest(run_id)
-    )
+    result = attribute_run(trace, aggregator_factory(trace), labels=labels.latest(run_id))
     by_step = {s.step: s for s in result.steps}
     zero = by_step[0]
     assert zero.value_source == "label-expected"
     assert zero.result.v_all == 0.0  # majority said 12
     assert zero.result.shapley["c"] > 0 > zero.result.shapley["a"]
-    assert sum(zero.result.shapley.values()) == pytest.approx(zero.result.v_all - zero.result.v_none, abs=1e-9)
+    assert sum(zero.result.shapley.values()) == pytest.approx(
+        zero.result.v_all - zero.result.v_none, abs=1e-9
+    )
     assert by_step[1].value_source == "agreement"
     final = by_step[2]
     assert final.value_source == "label" and final.result.v_all == 0.0
@@ -111,14 +115,21 @@ def _gens(answers: dict[str, str | None]) -> list[Generation]:
     from expertgraph.core.types import ExpertFailure
 
     return [
-        Generation(expert=n, text=t or "", error=None if t is not None else ExpertFailure(type="x", message="down"))
+        Generation(
+            expert=n,
+            text=t or "",
+            error=None if t is not None else ExpertFailure(type="x", message="down"),
+        )
         for n, t in answers.items()
     ]
 
 
 def _context(scores: dict[str, float] | None = None) -> AggregationContext:
     return AggregationContext(
-        task=Task(prompt="q"), instruction="q", answer_format=AnswerFormat(kind="number"), scores=scores or {}
+        task=Task(prompt="q"),
+        instruction="q",
+        answer_format=AnswerFormat(kind="number"),
+        scores=scores or {},
     )
 
 

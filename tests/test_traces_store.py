@@ -26,7 +26,9 @@ def _start(run_id: str) -> RunStart:
 
 
 def _call(run_id: str, i: int, text: str = "x") -> CallRecord:
-    return CallRecord(run_id=run_id, step=0, instruction="i", generation=Generation(expert=f"e{i % 3}", text=text))
+    return CallRecord(
+        run_id=run_id, step=0, instruction="i", generation=Generation(expert=f"e{i % 3}", text=text)
+    )
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -95,12 +97,15 @@ _KILL_CHILD = textwrap.dedent(
 
     path, size = sys.argv[1], int(sys.argv[2])
     writer = TraceWriter(path)
-    writer.write(RunStart(run_id="k", task=Task(prompt="p"), experts=[], policy="p", aggregator="a"))
+    writer.write(
+        RunStart(run_id="k", task=Task(prompt="p"), experts=[], policy="p", aggregator="a")
+    )
     print("ready", flush=True)
     i = 0
     while True:  # large records make a write torn by SIGKILL likely
         text = str(i % 10) * size
-        writer.write(CallRecord(run_id="k", step=0, instruction="i", generation=Generation(expert="e", text=text)))
+        generation = Generation(expert="e", text=text)
+        writer.write(CallRecord(run_id="k", step=0, instruction="i", generation=generation))
         i += 1
     """
 )
@@ -113,7 +118,9 @@ def test_sigkill_mid_write_leaves_a_parseable_trace_and_no_glued_append(tmp_path
     for attempt, delay in enumerate((0.05, 0.13, 0.21, 0.34)):
         path = tmp_path / f"k{attempt}.jsonl"
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(path), str(4 << 20)], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(script), str(path), str(4 << 20)],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
@@ -129,7 +136,16 @@ def test_sigkill_mid_write_leaves_a_parseable_trace_and_no_glued_append(tmp_path
             text = record.generation.text  # type: ignore[union-attr]
             assert len(text) == 4 << 20 and len(set(text)) == 1
         with TraceWriter(path) as writer:
-            writer.write(RunEnd(run_id="k", answer=None, stop_reason="killed", usage=Usage(), steps=0, latency_s=0))
+            writer.write(
+                RunEnd(
+                    run_id="k",
+                    answer=None,
+                    stop_reason="killed",
+                    usage=Usage(),
+                    steps=0,
+                    latency_s=0,
+                )
+            )
         after = list(iter_records(path))
         assert len(after) == complete + 1 and isinstance(after[-1], RunEnd)
         last_line = path.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
@@ -146,7 +162,16 @@ def _writer_process(directory: str, worker: int, count: int) -> None:
     for i in range(count):
         shared.write(_call("shared", i, text=f"w{worker}-{i}-" + "y" * (i % 7) * 300))
         own.write(_call(f"worker-{worker}", i))
-    own.write(RunEnd(run_id=f"worker-{worker}", answer="ok", stop_reason="done", usage=Usage(), steps=0, latency_s=0))
+    own.write(
+        RunEnd(
+            run_id=f"worker-{worker}",
+            answer="ok",
+            stop_reason="done",
+            usage=Usage(),
+            steps=0,
+            latency_s=0,
+        )
+    )
     shared.close()
     own.close()  # updates the shared SQLite index from 4 processes at once
 

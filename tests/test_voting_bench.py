@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from expertgraph.policies.data.zeroeval import ZeroEvalError, load_zeroeval, score_answer
+from expertgraph.core.errors import ZeroEvalError
+from expertgraph.policies.data.zeroeval import load_zeroeval, score_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each model: the chance its reply is right, and how it writes its answer.

@@ -63,10 +63,9 @@ def step_contexts(trace: RunTrace) -> dict[int, AggregationContext]:
     return out
 
 
-
-
 class StepGame:
-    """The coalition game of one step: ``v(S)`` by replaying the aggregator on ``S``'s candidates."""
+    """The coalition game of one step: ``v(S)`` by replaying the aggregator on ``S``'s
+    candidates."""
 
     def __init__(
         self,
@@ -140,7 +139,9 @@ def shapley_values(
     loo = {p: v_all - value(everyone - {p}) for p in players}
     if n <= exact_max:
         phi = dict.fromkeys(players, 0.0)
-        weights = [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
+        weights = [
+            math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)
+        ]
         for player in players:
             others = [p for p in players if p != player]
             for size in range(len(others) + 1):
@@ -275,12 +276,16 @@ def attribute_run(
                 failures[name] = f"{type(exc).__name__}: {exc}"
         aggregator = aggregators[name]
         if aggregator is None:
-            out.skipped[step.index] = f"aggregator {name!r} cannot be rebuilt for replay ({failures[name]})"
+            out.skipped[step.index] = (
+                f"aggregator {name!r} cannot be rebuilt for replay ({failures[name]})"
+            )
             continue
         context = contexts[step.index]
         ref = refs[step.index]
         expected_norm = (
-            normalise_expected(ref.expected, aggregator, context) if ref.expected is not None else None
+            normalise_expected(ref.expected, aggregator, context)
+            if ref.expected is not None
+            else None
         )
         game = StepGame(step.generations, aggregator, context, ref, expected_norm)
         result = shapley_values(

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from expertgraph.core.errors import TraceCorruptionError, TraceError
 from expertgraph.traces.redact import Redactor
 from expertgraph.traces.store import (
@@ -38,7 +40,6 @@ from expertgraph.traces.store import (
     iter_lines,
     load_run,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 LABEL_VERSION = 1
 
@@ -93,13 +94,17 @@ class LabelStore:
         trace = load_run(self.traces.resolve(run_id))
         run_id = trace.run_id
         if trace.end is None:
-            raise TraceError(f"run {run_id!r} has not finished (no run_end record); label it once it ends")
+            raise TraceError(
+                f"run {run_id!r} has not finished (no run_end record); label it once it ends"
+            )
         if step is not None:
             known = [s.index for s in trace.steps()]
             if step not in known:
                 raise TraceError(f"run {run_id!r} has no step {step}; its steps are {known}")
         try:
-            label = Label(run_id=run_id, step=step, score=score, expected=expected, note=note, source=source)
+            label = Label(
+                run_id=run_id, step=step, score=score, expected=expected, note=note, source=source
+            )
         except ValidationError as exc:
             raise TraceError(f"invalid label: {exc.errors()[0]['msg']}") from None
         data = label.model_dump(mode="json")
@@ -132,7 +137,9 @@ class LabelStore:
             try:
                 labels.append(Label.model_validate_json(raw))
             except ValidationError as exc:
-                raise TraceCorruptionError(str(exc).splitlines()[0], path=str(path), line=number) from exc
+                raise TraceCorruptionError(
+                    str(exc).splitlines()[0], path=str(path), line=number
+                ) from exc
         return labels
 
     def latest(self, run_id: str) -> dict[int | None, Label]:
@@ -152,7 +159,8 @@ def label_run(
     expected: str | None = None,
     note: str = "",
 ) -> Label:
-    """Attach a label to a finished run or step in ``directory`` (Python form of ``traces label``)."""
+    """Attach a label to a finished run or step in ``directory`` (Python form of ``traces
+    label``)."""
     return LabelStore(directory).add(run_id, score, step=step, expected=expected, note=note)
 
 
@@ -189,30 +197,24 @@ class Reference:
         return 1.0 if answer == self.answer else 0.0
 
 
-def step_answer(trace: RunTrace, step: int) -> str | None:
-    """The recorded winning answer of a step (``answer``, else its text)."""
-    for s in trace.steps():
-        if s.index == step and s.result is not None:
-            return s.result.answer if s.result.answer is not None else (s.result.text or None)
-    return None
-
-
-def step_references(trace: RunTrace, labels: dict[int | None, Label] | None = None) -> dict[int, Reference]:
+def step_references(
+    trace: RunTrace, labels: dict[int | None, Label] | None = None
+) -> dict[int, Reference]:
     """The reference each step's answers are valued against (labels first, else agreement)."""
     labels = labels or {}
     final = trace.final_step()
     refs: dict[int, Reference] = {}
     for step in trace.steps():
-        answer = None
-        if step.result is not None:
-            answer = step.result.answer if step.result.answer is not None else (step.result.text or None)
+        answer = step.result.comparable if step.result is not None else None
         label = labels.get(step.index)
         if label is None and step.index == final:
             label = labels.get(None)
         if label is None:
             refs[step.index] = Reference("agreement", answer)
         elif label.expected is not None:
-            refs[step.index] = Reference("label-expected", answer, label.score, label.expected, label)
+            refs[step.index] = Reference(
+                "label-expected", answer, label.score, label.expected, label
+            )
         else:
             refs[step.index] = Reference("label", answer, label.score, None, label)
     return refs

@@ -24,8 +24,10 @@ from expertgraph.traces.labels import Label, LabelStore
 from expertgraph.traces.store import RunTrace
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;max-width:1200px}
-h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #d0d7de}h3{font-size:15px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d232a;
+max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #d0d7de}
+h3{font-size:15px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:4px 8px;vertical-align:top;text-align:left}
 th{background:#f3f5f7}.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -33,7 +35,8 @@ th{background:#f3f5f7}.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{white-space:pre-wrap;max-width:520px;margin:0;font-size:12px}
 .bar{display:inline-block;height:12px;background:#2f6fdd;vertical-align:middle}
 .bar.neg{background:#d92d20}.plots img{max-width:560px;margin:6px;border:1px solid #eaecf0}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px}dt{font-weight:600}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px}
+dt{font-weight:600}
 """
 
 
@@ -74,7 +77,9 @@ def _bar_plot(title: str, values: dict[str, float], ylabel: str) -> str:
     return _png(fig)
 
 
-def _plots(traces: Sequence[RunTrace], attributions: dict[str, RunAttribution]) -> list[tuple[str, str, str]]:
+def _plots(
+    traces: Sequence[RunTrace], attributions: dict[str, RunAttribution]
+) -> list[tuple[str, str, str]]:
     """(id, title, data URI) of each plot over the given runs."""
     calls: Counter[str] = Counter()
     wins: Counter[str] = Counter()
@@ -94,9 +99,21 @@ def _plots(traces: Sequence[RunTrace], attributions: dict[str, RunAttribution]) 
                 score_n[name] += 1
     names = sorted(set(calls) | set(score_n))
     plots = [
-        ("plot-usage", "Expert usage (calls)", _bar_plot("Calls per expert", {n: calls[n] for n in names}, "calls")),
-        ("plot-wins", "Candidates in the winning answer", _bar_plot("Winning candidates", {n: wins[n] for n in names}, "steps")),
-        ("plot-cost", "Cost per expert", _bar_plot("Cost per expert", {n: cost[n] for n in names}, "cost")),
+        (
+            "plot-usage",
+            "Expert usage (calls)",
+            _bar_plot("Calls per expert", {n: calls[n] for n in names}, "calls"),
+        ),
+        (
+            "plot-wins",
+            "Candidates in the winning answer",
+            _bar_plot("Winning candidates", {n: wins[n] for n in names}, "steps"),
+        ),
+        (
+            "plot-cost",
+            "Cost per expert",
+            _bar_plot("Cost per expert", {n: cost[n] for n in names}, "cost"),
+        ),
         (
             "plot-score",
             "Mean router score",
@@ -113,7 +130,11 @@ def _plots(traces: Sequence[RunTrace], attributions: dict[str, RunAttribution]) 
             for name, value in attribution.run_shapley.items():
                 total[name] += value
         plots.append(
-            ("plot-shapley", "Shapley value per expert", _bar_plot("Shapley value (sum over runs)", dict(total), "value"))
+            (
+                "plot-shapley",
+                "Shapley value per expert",
+                _bar_plot("Shapley value (sum over runs)", dict(total), "value"),
+            )
         )
     return plots
 
@@ -133,7 +154,9 @@ def _bars(values: dict[str, float]) -> str:
     return "".join(rows)
 
 
-def _run_section(trace: RunTrace, labels: dict[int | None, Label], attribution: RunAttribution | None) -> str:
+def _run_section(
+    trace: RunTrace, labels: dict[int | None, Label], attribution: RunAttribution | None
+) -> str:
     start, end = trace.start, trace.end
     run_id = trace.run_id
     run_label = labels.get(None)
@@ -144,17 +167,23 @@ def _run_section(trace: RunTrace, labels: dict[int | None, Label], attribution: 
         f"<dt>policy</dt><dd>{_e(start.policy)}</dd><dt>aggregator</dt><dd>{_e(start.aggregator)}</dd>",
         f"<dt>experts</dt><dd>{_e(', '.join(e.name for e in start.experts))}</dd>",
         f"<dt>answer</dt><dd><pre>{_e(end.answer if end else None)}</pre></dd>",
-        f"<dt>stop reason</dt><dd>{_e(end.stop_reason if end else 'incomplete: no run_end record')}</dd>",
+        (
+            "<dt>stop reason</dt>"
+            f"<dd>{_e(end.stop_reason if end else 'incomplete: no run_end record')}</dd>"
+        ),
     ]
     if end:
         parts.append(
-            f"<dt>usage</dt><dd>{end.usage.calls} calls, {end.usage.input_tokens}+{end.usage.output_tokens} "
-            f"tokens, cost {_num(end.usage.cost)}, {_num(end.latency_s, 3)} s</dd>"
+            f"<dt>usage</dt><dd>{end.usage.calls} calls, "
+            f"{end.usage.input_tokens}+{end.usage.output_tokens} tokens, "
+            f"cost {_num(end.usage.cost)}, {_num(end.latency_s, 3)} s</dd>"
         )
     if run_label:
         parts.append(f"<dt>label</dt><dd>score {_num(run_label.score)} {_e(run_label.note)}</dd>")
     if not start.capture.content:
-        parts.append("<dt>content</dt><dd class='muted'>not captured (prompts and outputs omitted)</dd>")
+        parts.append(
+            "<dt>content</dt><dd class='muted'>not captured (prompts and outputs omitted)</dd>"
+        )
     parts.append("</dl>")
     parts.append(
         f"<table class='steps' id='steps-{_e(run_id)}'><thead><tr><th>step</th><th>instruction</th>"
@@ -163,7 +192,8 @@ def _run_section(trace: RunTrace, labels: dict[int | None, Label], attribution: 
     for step in trace.steps():
         d = step.decision
         route = (
-            f"<div><b>{_e(d.policy)}</b> ({_e(d.mode)})</div><div>chose {_e(', '.join(d.experts))}</div>"
+            f"<div><b>{_e(d.policy)}</b> ({_e(d.mode)})</div>"
+            f"<div>chose {_e(', '.join(d.experts))}</div>"
             + "".join(
                 f"<div class='muted'>{_e(n)}: {_num(s, 3)}</div>"
                 for n, s in sorted(d.scores.items(), key=lambda kv: -kv[1])
@@ -187,19 +217,22 @@ def _run_section(trace: RunTrace, labels: dict[int | None, Label], attribution: 
                 else f"<pre>{_e(g.text[:600])}</pre>"
             )
             rows.append(
-                f"<tr class='{cls}'><td>{_e(key)}</td><td>{_e(answers.get(key, '-'))}</td><td>{body}</td>"
-                f"<td class='num'>{_num(g.cost)}</td><td class='num'>{_num(g.latency_s, 3)}s</td></tr>"
+                f"<tr class='{cls}'><td>{_e(key)}</td><td>{_e(answers.get(key, '-'))}</td>"
+                f"<td>{body}</td><td class='num'>{_num(g.cost)}</td>"
+                f"<td class='num'>{_num(g.latency_s, 3)}s</td></tr>"
             )
         candidates = (
-            "<table class='candidates'><tr><th>candidate</th><th>answer</th><th>text</th><th>cost</th>"
-            f"<th>latency</th></tr>{''.join(rows)}</table>"
+            "<table class='candidates'><tr><th>candidate</th><th>answer</th><th>text</th>"
+            f"<th>cost</th><th>latency</th></tr>{''.join(rows)}</table>"
         )
         votes = "".join(
-            f"<div>{_e(a)}: {_num(v, 3)}</div>" for a, v in sorted((result.votes if result else {}).items(), key=lambda kv: -kv[1])
+            f"<div>{_e(a)}: {_num(v, 3)}</div>"
+            for a, v in sorted((result.votes if result else {}).items(), key=lambda kv: -kv[1])
         )
         outcome = (
-            f"<div><b>{_e(result.answer if result.answer is not None else result.text)}</b></div>"
-            f"<div class='muted'>confidence {_num(result.confidence, 3)}, margin {_num(result.margin, 3)}</div>"
+            f"<div><b>{_e(result.comparable)}</b></div>"
+            f"<div class='muted'>confidence {_num(result.confidence, 3)}, "
+            f"margin {_num(result.margin, 3)}</div>"
             f"<div class='muted'>{_e(result.stop_reason)}</div>"
             if result
             else "<span class='muted'>no result</span>"
@@ -207,19 +240,24 @@ def _run_section(trace: RunTrace, labels: dict[int | None, Label], attribution: 
         attr = attr_steps.get(step.index)
         attribution_html = (
             f"<div class='muted'>Shapley ({_e(attr.value_source)}, {_e(attr.result.method)})</div>"
-            f"{_bars(attr.result.shapley)}<div class='muted'>leave-one-out</div>{_bars(attr.result.leave_one_out)}"
+            f"{_bars(attr.result.shapley)}<div class='muted'>leave-one-out</div>"
+            f"{_bars(attr.result.leave_one_out)}"
             if attr
             else "<span class='muted'>-</span>"
         )
         step_label = labels.get(step.index)
         label_html = f"<div>label {_num(step_label.score)}</div>" if step_label else ""
         parts.append(
-            f"<tr class='step'><td class='num'>{step.index}</td><td><pre>{_e(step.instruction)}</pre>{label_html}</td>"
+            f"<tr class='step'><td class='num'>{step.index}</td>"
+            f"<td><pre>{_e(step.instruction)}</pre>{label_html}</td>"
             f"<td>{route}</td><td>{candidates}</td><td>{votes}</td><td>{outcome}</td><td>{attribution_html}</td></tr>"
         )
     parts.append("</tbody></table>")
     if attribution and attribution.steps:
-        parts.append(f"<h3>Run attribution</h3><div class='run-attribution'>{_bars(attribution.run_shapley)}</div>")
+        parts.append(
+            "<h3>Run attribution</h3>"
+            f"<div class='run-attribution'>{_bars(attribution.run_shapley)}</div>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -244,20 +282,27 @@ def render_report(
     )
     runs_table = ""
     if len(traces) > 1:
+        run_labels = [labels.get(t.run_id, {}).get(None) for t in traces]
         rows = "".join(
-            f"<tr><td><a href='#run-{_e(t.run_id)}'>{_e(t.run_id)}</a></td><td>{_e(t.start.policy)}</td>"
-            f"<td class='num'>{len(t.steps())}</td><td class='num'>{_num(t.end.usage.cost if t.end else None)}</td>"
+            f"<tr><td><a href='#run-{_e(t.run_id)}'>{_e(t.run_id)}</a></td>"
+            f"<td>{_e(t.start.policy)}</td><td class='num'>{len(t.steps())}</td>"
+            f"<td class='num'>{_num(t.end.usage.cost if t.end else None)}</td>"
             f"<td>{_e(t.end.stop_reason if t.end else 'incomplete')}</td>"
-            f"<td class='num'>{_num(labels.get(t.run_id, {}).get(None).score if labels.get(t.run_id, {}).get(None) else None)}</td></tr>"
-            for t in traces
+            f"<td class='num'>{_num(run_label.score if run_label else None)}</td></tr>"
+            for t, run_label in zip(traces, run_labels)
         )
         runs_table = (
-            "<h2>Runs</h2><table id='runs'><tr><th>run</th><th>policy</th><th>steps</th><th>cost</th>"
-            f"<th>stop reason</th><th>label</th></tr>{rows}</table>"
+            "<h2>Runs</h2><table id='runs'><tr><th>run</th><th>policy</th><th>steps</th>"
+            f"<th>cost</th><th>stop reason</th><th>label</th></tr>{rows}</table>"
         )
-    plot_html = "<h2>Plots</h2><div class='plots'>" + "".join(
-        f"<img class='plot' id='{pid}' alt='{_e(ptitle)}' title='{_e(ptitle)}' src='{uri}'>" for pid, ptitle, uri in plots
-    ) + "</div>"
+    plot_html = (
+        "<h2>Plots</h2><div class='plots'>"
+        + "".join(
+            f"<img class='plot' id='{pid}' alt='{_e(ptitle)}' title='{_e(ptitle)}' src='{uri}'>"
+            for pid, ptitle, uri in plots
+        )
+        + "</div>"
+    )
     sections = "".join(
         _run_section(t, labels.get(t.run_id, {}), attributions.get(t.run_id)) for t in traces
     )
@@ -289,7 +334,8 @@ def write_report(
             if t.capture.content:
                 attributions[t.run_id] = attribute(t, labels[t.run_id])
     title = (
-        f"expertgraph run {traces[0].run_id}" if len(traces) == 1 and not target_path.is_dir()
+        f"expertgraph run {traces[0].run_id}"
+        if len(traces) == 1 and not target_path.is_dir()
         else f"expertgraph traces: {target_path}"
     )
     page = render_report(traces, labels=labels, attributions=attributions, title=title)

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from expertgraph.core.errors import ConfigError
+from expertgraph.core.state import step_answer_format
 from expertgraph.core.types import Budget, PlanStep, RunResult, Task
 from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config, parse_config
-from pydantic import ValidationError
 
 LOCAL_CONFIG_NAMES = ("expertgraph.yaml", "expertgraph.yml", "expertgraph.toml")
 
@@ -33,7 +35,9 @@ def resolve_config(path: str | None) -> tuple[ExpertGraphConfig, str]:
         if Path(name).is_file():
             return load_config(name), name
     text = default_config_text()
-    return parse_config(yaml.safe_load(text), path="<built-in default config>", text=text), "<built-in>"
+    return parse_config(
+        yaml.safe_load(text), path="<built-in default config>", text=text
+    ), "<built-in>"
 
 
 def load_plan(path: str) -> Task:
@@ -93,30 +97,24 @@ def _short(text: str | None, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def step_answer(result: RunResult, index: int) -> str | None:
-    """What a person reads as a step's answer: the extracted answer for number, choice and
-    JSON steps, the expert's own words for free-text steps."""
-    step = result.steps[index]
-    if step.result is None:
-        return None
-    plan = result.task.plan
-    fmt = (plan[index].answer_format if plan and index < len(plan) else None) or result.task.answer_format
-    if fmt.kind == "text":
-        return step.result.text or step.result.answer
-    return step.result.answer if step.result.answer is not None else (step.result.text or None)
-
-
 def _step_json(result: RunResult) -> list[dict[str, Any]]:
-    return [
-        {
-            "step": s.index + 1,
-            "instruction": s.instruction,
-            "experts": s.decision.experts,
-            "scores": {k: round(v, 6) for k, v in s.decision.scores.items()},
-            "answer": step_answer(result, i),
-        }
-        for i, s in enumerate(result.steps)
-    ]
+    rows: list[dict[str, Any]] = []
+    for s in result.steps:
+        answer = None
+        if s.result is not None:
+            # A free-text step answers in the expert's words, any other by its extracted answer.
+            free = step_answer_format(result.task, s.index).kind == "text"
+            answer = s.result.output if free else s.result.comparable
+        rows.append(
+            {
+                "step": s.index + 1,
+                "instruction": s.instruction,
+                "experts": s.decision.experts,
+                "scores": {k: round(v, 6) for k, v in s.decision.scores.items()},
+                "answer": answer,
+            }
+        )
+    return rows
 
 
 def _print_result(result: RunResult, console: Any) -> None:
@@ -126,21 +124,31 @@ def _print_result(result: RunResult, console: Any) -> None:
     for column in ("step", "instruction", "routed to", "scores (router)", "votes", "answer"):
         table.add_column(column, overflow="fold")
     for s in result.steps:
-        scores = ", ".join(f"{n} {v:.2f}" for n, v in sorted(s.decision.scores.items(), key=lambda kv: -kv[1]))
+        scores = ", ".join(
+            f"{n} {v:.2f}" for n, v in sorted(s.decision.scores.items(), key=lambda kv: -kv[1])
+        )
         votes = ""
         answer = ""
         if s.result is not None:
             votes = ", ".join(f"{_short(a, 20)}: {v:g}" for a, v in s.result.votes.items())
             if s.result.excluded:
                 votes += f" ({len(s.result.excluded)} excluded)"
-            answer = s.result.text or s.result.answer or "(no usable answer)"
-        table.add_row(str(s.index + 1), _short(s.instruction, 40), ", ".join(s.decision.experts), scores, votes, _short(answer, 40))
+            answer = s.result.output or "(no usable answer)"
+        table.add_row(
+            str(s.index + 1),
+            _short(s.instruction, 40),
+            ", ".join(s.decision.experts),
+            scores,
+            votes,
+            _short(answer, 40),
+        )
     console.print(table)
     for s in result.steps:
         console.print(f"[dim]step {s.index + 1} why:[/] {s.decision.rationale}")
     console.print(f"[bold]answer:[/] {result.answer}")
     console.print(
-        f"stop: {result.stop_reason} | tokens {result.usage.input_tokens}+{result.usage.output_tokens} "
+        f"stop: {result.stop_reason} "
+        f"| tokens {result.usage.input_tokens}+{result.usage.output_tokens} "
         f"| cost ${result.usage.cost:.6f} | {result.latency_s:.1f}s | trace {result.trace_path}"
     )
 
@@ -152,7 +160,9 @@ async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) ->
         console.print(f"[dim]loading {len(orch.experts)} experts…[/]")
     for name, error in (await orch.aload()).items():
         if error is not None:
-            console.print(f"[yellow]expert {name} did not load; it will be routed around: {error}[/]")
+            console.print(
+                f"[yellow]expert {name} did not load; it will be routed around: {error}[/]"
+            )
     if show:
         console.print(f"[dim]loaded in {time.perf_counter() - started:.1f}s[/]")
     async for event in orch.astream(task):
@@ -166,7 +176,7 @@ async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) ->
             )
         elif show and event.node == "aggregate" and event.data.get("steps"):
             step = event.data["steps"][-1]
-            text = step.result.text or step.result.answer if step.result else None
+            text = step.result.output if step.result else None
             console.print(
                 f"[green]step {step.index + 1} done[/] in {time.perf_counter() - started:.1f}s: "
                 f"{_short(text or '(no usable answer)', 60)}"
@@ -176,8 +186,9 @@ async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) ->
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from expertgraph.orchestrator.orchestrator import Orchestrator
     from rich.console import Console
+
+    from expertgraph.orchestrator.orchestrator import Orchestrator
 
     if not args.task and not args.plan:
         raise ConfigError("give a TASK or --plan steps.yaml")
@@ -207,13 +218,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         _print_result(result, Console())
-    return 0 if result.answer is not None else 1
+    return 0 if result.ok else 1
 
 
 def _cmd_experts(args: argparse.Namespace) -> int:
-    from expertgraph.orchestrator.config.build import build_expert
     from rich.console import Console
     from rich.table import Table
+
+    from expertgraph.orchestrator.config.build import build_expert
 
     cfg, source = resolve_config(args.config)
     table = Table(title=f"experts ({source})")
@@ -242,8 +254,22 @@ def _cmd_experts(args: argparse.Namespace) -> int:
                 status, took, detail = asyncio.run(check(expert))
                 detail = f"{took:.1f}s: {_short(detail, 120)}"
         failures += status == "error"
-        rows.append({"name": ecfg.name, "kind": ecfg.kind, "model": model, "status": status, "detail": detail})
-        table.add_row(ecfg.name, ecfg.kind, str(model), _short(ecfg.card.description, 50), f"{status} {detail}".strip())
+        rows.append(
+            {
+                "name": ecfg.name,
+                "kind": ecfg.kind,
+                "model": model,
+                "status": status,
+                "detail": detail,
+            }
+        )
+        table.add_row(
+            ecfg.name,
+            ecfg.kind,
+            str(model),
+            _short(ecfg.card.description, 50),
+            f"{status} {detail}".strip(),
+        )
     if args.json:
         sys.stdout.write(json.dumps({"config": source, "experts": rows}) + "\n")
     else:
@@ -255,7 +281,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="run a task (or a plan) through the routed experts")
     run.add_argument("task", nargs="?", help="the task prompt (with --plan: the overall goal)")
     run.add_argument("--plan", help="a YAML plan file with explicit steps")
-    run.add_argument("--config", help="config file (default: ./expertgraph.yaml, else the built-in)")
+    run.add_argument(
+        "--config", help="config file (default: ./expertgraph.yaml, else the built-in)"
+    )
     run.add_argument("--top-k", type=int, dest="top_k", help="experts per step")
     run.add_argument("--policy", help="routing policy name (overrides the config)")
     run.add_argument("--aggregate", help="aggregator name, e.g. majority, ahead-by-k")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from expertgraph.core.errors import ConfigError, TraceError
 from expertgraph.traces.store import DEFAULT_TRACE_DIR
 
@@ -62,12 +63,17 @@ def _console() -> Any:
 
 def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", help=f"trace directory (default {DEFAULT_TRACE_DIR}, or the config's)")
+    common.add_argument(
+        "--dir", help=f"trace directory (default {DEFAULT_TRACE_DIR}, or the config's)"
+    )
     common.add_argument("-c", "--config", help="take the trace directory from this config file")
 
     parser = subparsers.add_parser(
-        "traces", help="label, attribute, summarise, replay, export and report traces",
-        description="Work with run traces: the record of who decided what, who answered and who was right.",
+        "traces",
+        help="label, attribute, summarise, replay, export and report traces",
+        description=(
+            "Work with run traces: the record of who decided what, who answered and who was right."
+        ),
     )
     sub = parser.add_subparsers(dest="traces_command", required=True, metavar="SUBCOMMAND")
 
@@ -77,46 +83,69 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("label", parents=[common], help="attach a score to a finished run or step")
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--score", type=float, required=True, help="1 correct, 0 wrong, or a graded score")
+    p.add_argument(
+        "--score", type=float, required=True, help="1 correct, 0 wrong, or a graded score"
+    )
     p.add_argument("--step", type=int, help="label this step instead of the run's final answer")
     p.add_argument("--expected", help="the correct answer (makes every candidate scorable)")
     p.add_argument("--note", default="")
     p.set_defaults(func=_cmd_label)
 
-    p = sub.add_parser("attribute", parents=[common], help="Shapley and leave-one-out value of each expert")
+    p = sub.add_parser(
+        "attribute", parents=[common], help="Shapley and leave-one-out value of each expert"
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true", help="end with one JSON line")
-    p.add_argument("--permutations", type=int, default=2000, help="samples when a step has > 10 experts")
+    p.add_argument(
+        "--permutations", type=int, default=2000, help="samples when a step has > 10 experts"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_attribute)
 
-    p = sub.add_parser("summary", parents=[common], help="per-expert and per-policy tables over all runs")
+    p = sub.add_parser(
+        "summary", parents=[common], help="per-expert and per-policy tables over all runs"
+    )
     p.add_argument("directory", nargs="?", metavar="DIR")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the tables")
     p.set_defaults(func=_cmd_summary)
 
-    p = sub.add_parser("replay", parents=[common], help="counterfactual evaluation of a policy/aggregator")
+    p = sub.add_parser(
+        "replay", parents=[common], help="counterfactual evaluation of a policy/aggregator"
+    )
     p.add_argument("directory", nargs="?", metavar="DIR")
-    p.add_argument("--policy", help="a policy name, a .yaml/.json/.toml spec, or a trained policy file")
+    p.add_argument(
+        "--policy",
+        help=(
+            "a policy name, a .yaml/.json/.toml spec, or a trained folder (expertgraph train --out)"
+        ),
+    )
     p.add_argument("--aggregator", help="an aggregator name (default: each step's recorded one)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="policy option")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="policy option"
+    )
     p.add_argument("--json", action="store_true", help="end with one JSON line")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("export", parents=[common], help="write the routing dataset (RoutingExample JSONL)")
+    p = sub.add_parser(
+        "export", parents=[common], help="write the routing dataset (RoutingExample JSONL)"
+    )
     p.add_argument("directory", nargs="?", metavar="DIR")
     p.add_argument("--dataset", required=True, metavar="OUT", help="output JSONL file")
     p.add_argument("--labelled-only", action="store_true", help="only steps with a label")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("report", parents=[common], help="a self-contained HTML report of a run or directory")
+    p = sub.add_parser(
+        "report", parents=[common], help="a self-contained HTML report of a run or directory"
+    )
     p.add_argument("target", metavar="RUN_ID|DIR")
     p.add_argument("--out", required=True, help="output .html file")
     p.add_argument("--no-attribution", action="store_true", help="skip the Shapley bars")
     p.add_argument("--max-runs", type=int, default=50)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("otel", parents=[common], help="export a run as OpenTelemetry spans (OTLP/JSON)")
+    p = sub.add_parser(
+        "otel", parents=[common], help="export a run as OpenTelemetry spans (OTLP/JSON)"
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", help="write OTLP/JSON here")
     p.add_argument("--endpoint", help="also POST to this OTLP/HTTP collector (.../v1/traces)")
@@ -138,7 +167,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     directory = _trace_dir(args, args.directory)
     runs = summarize(directory).runs
     for row in runs.itertuples(index=False):
-        print(f"{row.run_id}\t{row.policy}\tsteps={row.steps}\tcost={_fmt(row.cost)}\tlabel={_fmt(row.label)}\t{row.stop_reason}")
+        print(
+            f"{row.run_id}\t{row.policy}\tsteps={row.steps}\tcost={_fmt(row.cost)}\tlabel={_fmt(row.label)}\t{row.stop_reason}"
+        )
     return 0
 
 
@@ -154,8 +185,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_attribute(args: argparse.Namespace) -> int:
-    from expertgraph.traces.labels import LabelStore
     from rich.table import Table
+
+    from expertgraph.traces.labels import LabelStore
 
     store = LabelStore(_run_dir(args))
     trace = store.traces.load(args.run_id)
@@ -177,7 +209,9 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
         table.add_column("shapley", justify="right")
         table.add_column("leave-one-out", justify="right")
         for name in sorted(step.result.shapley):
-            table.add_row(name, f"{step.result.shapley[name]:.6g}", f"{step.result.leave_one_out[name]:.6g}")
+            table.add_row(
+                name, f"{step.result.shapley[name]:.6g}", f"{step.result.leave_one_out[name]:.6g}"
+            )
         console.print(table)
     for index, reason in result.skipped.items():
         console.print(f"step {index}: skipped ({reason})")
@@ -233,12 +267,23 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         return "-" if value is None else f"{value:.4g}"
 
     print(f"replay of policy {data['policy']} with aggregator {data['aggregator']} on {directory}")
-    print(f"  steps: {data['steps']}, evaluated: {data['evaluated']}, could not evaluate: {data['unevaluable_share']:.1%}")
+    print(
+        f"  steps: {data['steps']}, evaluated: {data['evaluated']}, "
+        f"could not evaluate: {data['unevaluable_share']:.1%}"
+    )
     for reason, count in sorted(data["not_evaluable"].items()):
         print(f"    {count} x {reason}")
-    print(f"  estimated score: {fmt(data['mean_score'])}  (recorded: {fmt(data['baseline_mean_score'])})")
-    print(f"  estimated cost per step: {fmt(data['mean_cost'])}  (recorded: {fmt(data['baseline_mean_cost'])})")
-    print(f"  values from: {data['value_sources'] or '-'}; unknown values: {data['unknown_values']}")
+    print(
+        f"  estimated score: {fmt(data['mean_score'])}  "
+        f"(recorded: {fmt(data['baseline_mean_score'])})"
+    )
+    print(
+        f"  estimated cost per step: {fmt(data['mean_cost'])}  "
+        f"(recorded: {fmt(data['baseline_mean_cost'])})"
+    )
+    print(
+        f"  values from: {data['value_sources'] or '-'}; unknown values: {data['unknown_values']}"
+    )
     if args.json:
         print(json.dumps(data))
     return 0
@@ -276,7 +321,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from expertgraph.policies.specs import attribute_recorded
 
     attribute = None if args.no_attribution else attribute_recorded
-    count = write_report(directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs)
+    count = write_report(
+        directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs
+    )
     print(f"wrote {args.out} ({count} run(s))")
     return 0
 

@@ -1,14 +1,16 @@
 """Ballots and the one tally: every aggregator that counts votes over answers counts here.
 
 A ballot is a candidate that voted (its extracted answer and weight); :func:`count` adds
-them up per answer, :func:`tally` turns the count into a :class:`StepResult`.
+them up per answer, :func:`lead` reads the leader off a count and :func:`tally` turns the
+count into a :class:`StepResult`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from expertgraph.core import AggregationContext
 from expertgraph.core.types import Exclusion, Generation, StepResult, candidate_key
@@ -52,14 +54,44 @@ def cast_ballots(
     return ballots, excluded
 
 
-def count(ballots: Iterable[Ballot]) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Votes per answer (summed weights) and the candidate keys behind each, in ballot order."""
+class Vote(Protocol):
+    """What :func:`count` reads of a vote: a :class:`Ballot`, or an ahead-by-k draw."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def answer(self) -> str | None: ...
+
+    @property
+    def weight(self) -> float: ...
+
+
+def count(ballots: Iterable[Vote]) -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Votes per answer (summed weights) and the candidate keys behind each, in ballot order.
+
+    A vote without an answer counts for nothing.
+    """
     votes: dict[str, float] = {}
     supporters: dict[str, list[str]] = {}
     for ballot in ballots:
+        if ballot.answer is None:
+            continue
         votes[ballot.answer] = votes.get(ballot.answer, 0.0) + ballot.weight
         supporters.setdefault(ballot.answer, []).append(ballot.key)
     return votes, supporters
+
+
+def lead(votes: Mapping[str, float]) -> tuple[str | None, float]:
+    """The most voted answer (the first counted among equals) and its lead over the runner-up.
+
+    Alone, the leader leads by all its votes; with no votes there is no leader.
+    """
+    if not votes:
+        return None, 0.0
+    ranked = sorted(votes.values(), reverse=True)
+    leader = max(votes, key=lambda a: votes[a])
+    return leader, ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
 
 
 def tally(

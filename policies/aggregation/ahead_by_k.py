@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core.types import Exclusion, Generation, SampleRequest, StepResult, candidate_key
+from expertgraph.policies.aggregation._ballots import Ballot, WeightFn, count, lead, tally
 from expertgraph.policies.aggregation.answers import extract_answer
 from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
-from expertgraph.policies.aggregation._ballots import Ballot, WeightFn, tally
 from expertgraph.policies.aggregation.voting import make_weight
 
 Source = Literal["next-expert", "same-expert"]
@@ -66,25 +66,18 @@ class Count:
 
 def count_votes(draws: Sequence[Draw], k: float) -> Count:
     """Count draws in order and stop at the first moment one answer leads all others by ``k``."""
-    votes: dict[str, float] = {}
+    counted: list[Draw] = []
     for i, draw in enumerate(draws):
         if not draw.votes:
             continue
-        assert draw.answer is not None
-        votes[draw.answer] = votes.get(draw.answer, 0.0) + draw.weight
-        leader, lead = _leader(votes)
-        if lead >= k - 1e-9:
-            return Count(dict(votes), leader, lead, True, i + 1)
-    leader, lead = _leader(votes)
-    return Count(votes, leader, lead, False, None)
-
-
-def _leader(votes: Mapping[str, float]) -> tuple[str | None, float]:
-    if not votes:
-        return None, 0.0
-    ranked = sorted(votes.values(), reverse=True)
-    leader = max(votes, key=lambda a: votes[a])
-    return leader, ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
+        counted.append(draw)
+        votes, _ = count(counted)
+        leader, margin = lead(votes)
+        if margin >= k - 1e-9:
+            return Count(votes, leader, margin, True, i + 1)
+    votes, _ = count(counted)
+    leader, margin = lead(votes)
+    return Count(votes, leader, margin, False, None)
 
 
 class AheadByK(Aggregator):
@@ -151,12 +144,12 @@ class AheadByK(Aggregator):
 
     def combine(self, candidates: list[Generation], context: AggregationContext) -> StepResult:
         draws = self.draws(candidates, context)
-        count = count_votes(draws, self.k)
-        if count.decided:
-            assert count.decided_at is not None
+        state = count_votes(draws, self.k)
+        if state.decided:
+            assert state.decided_at is not None
             # Later draws (a parallel batch that overshot) are recorded but do not count.
             return self._result(
-                candidates, draws, count, context, f"ahead by {self.k:g}", count.decided_at
+                candidates, draws, state, context, f"ahead by {self.k:g}", state.decided_at
             )
         stop = None
         if len(draws) >= self.max_draws:
@@ -165,22 +158,22 @@ class AheadByK(Aggregator):
             stop = "no calls left in the step's budget"
         if stop is None:
             unit = self._unit(context)
-            want = min(count.needed(self.k, unit), self.max_draws - len(draws), context.calls_left)
+            want = min(state.needed(self.k, unit), self.max_draws - len(draws), context.calls_left)
             experts, params = self._next(candidates, context, want)
             if experts:
-                result = self._result(candidates, draws, count, context, "drawing", len(draws))
+                result = self._result(candidates, draws, state, context, "drawing", len(draws))
                 result.more = SampleRequest(
                     experts=experts,
                     params=params,
                     reason=(
-                        f"ahead-by-{self.k:g}: leader {count.leader!r} leads by {count.lead:g} "
+                        f"ahead-by-{self.k:g}: leader {state.leader!r} leads by {state.lead:g} "
                         f"after {len(draws)} draw(s); drawing {len(experts)} more"
                     ),
                 )
                 return result
             stop = "no expert left to draw from"
         return self._result(
-            candidates, draws, count, context, f"{stop}; plurality of the draws", len(draws)
+            candidates, draws, state, context, f"{stop}; plurality of the draws", len(draws)
         )
 
     def _unit(self, context: AggregationContext) -> float:
@@ -222,7 +215,7 @@ class AheadByK(Aggregator):
         self,
         candidates: Sequence[Generation],
         draws: Sequence[Draw],
-        count: Count,
+        state: Count,
         context: AggregationContext,
         stop_reason: str,
         used: int,
@@ -240,17 +233,13 @@ class AheadByK(Aggregator):
         ]
         result = tally(ballots, excluded, context, self.name)
         if ballots and stop_reason.startswith("ahead"):
-            result.answer = count.leader
-            result.winner = result.supporters.get(count.leader or "", [])
+            result.answer = state.leader
+            result.winner = result.supporters.get(state.leader or "", [])
         result.stop_reason = (
             stop_reason if ballots or stop_reason == "drawing" else f"{stop_reason}: no usable draw"
         )
         log: list[dict[str, Any]] = []
-        running: dict[str, float] = {}
         for i, d in enumerate(draws):
-            if d.votes and i < used:
-                assert d.answer is not None
-                running[d.answer] = running.get(d.answer, 0.0) + d.weight
             entry: dict[str, Any] = {
                 "key": d.key,
                 "answer": d.answer,
@@ -260,14 +249,14 @@ class AheadByK(Aggregator):
                 entry["flag"] = d.flag
             if self._weight is not None:
                 entry["weight"] = round(d.weight, 6)
-            entry["lead"] = _leader(running)[1]
+            entry["lead"] = lead(count(c for c in counted[: i + 1] if c.votes)[0])[1]
             log.append(entry)
         result.meta.update(
             {
                 "k": self.k,
                 "draws": log,
-                "decided": count.decided,
-                "lead": count.lead,
+                "decided": state.decided,
+                "lead": state.lead,
                 "max_draws": self.max_draws,
                 "source": self.source,
             }

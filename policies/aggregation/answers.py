@@ -105,10 +105,6 @@ def format_number(value: Fraction) -> str:
     return "0" if text in ("-0", "") else text
 
 
-# Kept under its old private name for callers of the first version.
-_format_number = format_number
-
-
 def _to_fraction(raw: str) -> Fraction:
     return Fraction(raw.replace(",", ""))
 

@@ -9,9 +9,11 @@ text where votes over exact answers split; its answer is still extracted for the
 from __future__ import annotations
 
 import numpy as np
+
 from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core.protocols import Embedder
 from expertgraph.core.types import Exclusion, Generation, StepResult, candidate_key
+from expertgraph.policies.aggregation._ballots import Ballot, count
 from expertgraph.policies.aggregation.answers import extract_answer
 from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
 
@@ -81,12 +83,11 @@ class MedoidAggregator(Aggregator):
         vectors = self.embedder.encode([g.text for g in kept])
         best, centrality = medoid_index(np.asarray(vectors, dtype=np.float32))
         keys = [candidate_key(g) for g in kept]
-        votes: dict[str, float] = {}
-        supporters: dict[str, list[str]] = {}
-        for key, answer in zip(keys, answers, strict=True):
-            if answer is not None:
-                votes[answer] = votes.get(answer, 0.0) + 1.0
-                supporters.setdefault(answer, []).append(key)
+        votes, supporters = count(
+            Ballot(key, gen.expert, answer, 1.0, gen)
+            for key, answer, gen in zip(keys, answers, kept, strict=True)
+            if answer is not None
+        )
         order = np.argsort(-centrality)
         runner_up = float(centrality[order[1]]) if len(order) > 1 else 0.0
         answer = answers[best]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from expertgraph.core.types import Generation
 from expertgraph.policies.aggregation.answers import Extracted
-from pydantic import BaseModel, ConfigDict, Field
 
 _REFUSAL = re.compile(
     r"^\W*(?:i'?m sorry|i am sorry|sorry, (?:but )?i"

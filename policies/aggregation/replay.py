@@ -75,7 +75,7 @@ def replay_step(
         ctx = replace(context, calls_left=max(0, max_calls - len(candidates)), round=rounds)
         result = aggregator.combine(candidates, ctx)
         more = result.more
-        if more is None and result.answer is None and not result.text:
+        if more is None and result.failed:
             more = _fallback(candidates, ctx)
         if more is None:
             break

@@ -20,6 +20,7 @@ from expertgraph.core.types import Generation, StepResult
 from expertgraph.policies.aggregation._ballots import WeightFn, cast_ballots, tally
 from expertgraph.policies.aggregation.redflags import RedFlags
 
+
 class MajorityVote(Aggregator):
     """Plurality over normalised answers (number, choice letter, trimmed text).
 
