@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
+
     from expertgraph.core.state import AggregationContext, RoutingState
-    from expertgraph.core.types import Decision, Generation, StepResult
+    from expertgraph.core.types import Decision, ExpertCard, Generation, Message, StepResult
 
 
 class Policy(ABC):
@@ -60,3 +62,54 @@ class Embedder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray:
         """Return an ``(n, d)`` float32 array of unit vectors."""
         ...
+
+
+CallRole = Literal["candidate", "router", "fuser", "judge"]
+"""What an expert call is for: a step's candidate, or a router's, fuser's or judge's own call."""
+
+BUDGET_REFUSED = "budget"
+"""``ExpertFailure.type`` of a call the run's budget did not allow: it was never made."""
+
+
+class ExpertLike(Protocol):
+    """What a call needs of an expert: its name, its card (for the cost estimate), generate."""
+
+    name: str
+    card: ExpertCard
+
+    async def generate(self, messages: Sequence[Message], **params: Any) -> Generation: ...
+
+
+class ExpertCall(Protocol):
+    """The run's way to call an expert: budget-checked, health-counted and traced.
+
+    The orchestrator puts one in ``RoutingState.call`` and ``AggregationContext.call``; a
+    call the budget does not allow is not made and comes back as a :class:`Generation`
+    whose error has type :data:`BUDGET_REFUSED`.
+    """
+
+    async def __call__(
+        self, expert: ExpertLike, messages: list[Message], /, *, role: CallRole, **params: Any
+    ) -> Generation: ...
+
+
+async def call_expert(
+    call: ExpertCall | None,
+    expert: ExpertLike,
+    messages: list[Message],
+    *,
+    role: CallRole,
+    **params: Any,
+) -> Generation:
+    """Call ``expert`` through the run's ``call`` when there is one, else directly.
+
+    Offline replays and direct use of a policy or aggregator have no run, hence no caller.
+    """
+    if call is None:
+        return await expert.generate(messages, **params)
+    return await call(expert, messages, role=role, **params)
+
+
+def refused(generation: Generation) -> bool:
+    """Whether a call was refused by the run's budget (never made: it cost nothing)."""
+    return generation.error is not None and generation.error.type == BUDGET_REFUSED

@@ -7,6 +7,7 @@ are usable, and what a finished run answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from expertgraph.core.types import (
     AnswerFormat,
@@ -17,6 +18,9 @@ from expertgraph.core.types import (
     Task,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from expertgraph.core.protocols import ExpertCall
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RoutingState:
     """The plan's next sub-step; None for an open task, where the policy picks the instruction."""
     top_k: int = 1
     spent: Usage = field(default_factory=Usage)
+    call: ExpertCall | None = None
+    """The run's recorded, budget-checked expert call (``call_expert`` uses it); None offline."""
 
     @property
     def instruction(self) -> str | None:
@@ -110,6 +116,8 @@ class AggregationContext:
     """0 for the first batch of candidates, 1.. after each request for more."""
     step: int = 0
     """The step's index in its run."""
+    call: ExpertCall | None = None
+    """The run's recorded, budget-checked expert call (``call_expert`` uses it); None offline."""
 
 
 def step_answer_format(task: Task, step: int) -> AnswerFormat:

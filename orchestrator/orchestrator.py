@@ -1,4 +1,6 @@
-"""The public entry point: an orchestrator built from experts and a policy, or from a config file."""
+"""The public entry point: an orchestrator built from experts and a policy, or from a config
+file.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +81,9 @@ class Orchestrator:
         trace_dir = Path(trace_dir).expanduser().resolve()
         # trace_options: TraceStore keywords (capture_content, redact, index, otel_endpoint...).
         self.trace_store = TraceStore(trace_dir, fsync=fsync, **dict(trace_options or {}))
-        self.default_params: dict[str, Any] = dict(defaults or {"max_tokens": 128, "temperature": 0})
+        self.default_params: dict[str, Any] = dict(
+            defaults or {"max_tokens": 128, "temperature": 0}
+        )
         self.expert_params = {k: dict(v) for k, v in (expert_params or {}).items()}
         unknown = sorted(set(self.expert_params) - set(self.experts))
         if unknown:
@@ -96,17 +100,23 @@ class Orchestrator:
 
     @classmethod
     def from_config(
-        cls, config: str | Path | ExpertGraphConfig, *, base_dir: str | Path | None = None
+        cls,
+        config: str | Path | ExpertGraphConfig,
+        *,
+        base_dir: str | Path | None = None,
+        experts: Mapping[str, Expert] | None = None,
     ) -> Orchestrator:
         """Build from a YAML/TOML file or a parsed :class:`ExpertGraphConfig`.
 
         Relative paths in the config (trace dir, home) resolve against ``base_dir``, default
-        the current working directory.
+        the current working directory. ``experts`` are live experts to use instead of building
+        the configured experts of the same names (several orchestrators over one set).
         """
         from expertgraph.orchestrator.config.build import build_from_config
 
         cfg = load_config(config) if isinstance(config, (str, Path)) else config
-        return build_from_config(cfg, cls, base_dir=Path(base_dir) if base_dir else None)
+        base = Path(base_dir) if base_dir else None
+        return build_from_config(cfg, cls, base_dir=base, experts=experts)
 
     # ---- running ---------------------------------------------------------------------------
 
@@ -171,7 +181,9 @@ class Orchestrator:
         """Synchronous :meth:`arun`; inside a running event loop it runs on a worker thread."""
         return run_sync(self.arun(task, run_id=run_id))
 
-    async def astream(self, task: TaskLike, *, run_id: str | None = None) -> AsyncIterator[RunEvent]:
+    async def astream(
+        self, task: TaskLike, *, run_id: str | None = None
+    ) -> AsyncIterator[RunEvent]:
         """Run a task, yielding an event as each node finishes and a final ``end`` event."""
         task = self.as_task(task)
         started = time.perf_counter()
@@ -182,7 +194,10 @@ class Orchestrator:
                 for node, update in chunk.items():
                     update = update or {}
                     if node == "call":
-                        current["candidates"] = [*(current.get("candidates") or []), *update.get("candidates", [])]
+                        current["candidates"] = [
+                            *(current.get("candidates") or []),
+                            *update.get("candidates", []),
+                        ]
                     else:
                         current.update({k: v for k, v in update.items() if k != "candidates"})
                         if "candidates" in update and update["candidates"] is None:
@@ -198,7 +213,9 @@ class Orchestrator:
             self._graph.close_run({**current, "stop_reason": reason}, reason)
             raise
         result = self._result(current, task, started)
-        yield RunEvent(node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result)
+        yield RunEvent(
+            node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result
+        )
 
     async def aload(self) -> dict[str, str | None]:
         """Load every expert now (one at a time: loads compete for CPU and memory).

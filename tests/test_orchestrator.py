@@ -14,6 +14,8 @@ import pytest
 from expertgraph.agents import CallableExpert
 from expertgraph.agents.tools import calculator
 from expertgraph.core import (
+    AggregationContext,
+    Aggregator,
     AnswerFormat,
     Budget,
     ExpertCard,
@@ -25,7 +27,6 @@ from expertgraph.core import (
 )
 from expertgraph.orchestrator import Orchestrator
 from expertgraph.policies import AllExperts, EmbeddingRouter, FixedPolicy, MajorityVote
-from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.traces import AggregateRecord, CallRecord, RouteRecord, RunEnd, RunStart, load_run
 
 CAPITALS = {"france": "Paris", "japan": "Tokyo", "italy": "Rome", "peru": "Lima"}
@@ -59,8 +60,12 @@ def _experts() -> list[CallableExpert]:
     )
     return [
         CallableExpert("calc", calculator, _card("exact calculator for arithmetic", *arithmetic)),
-        CallableExpert("calc_b", calculator, _card("second calculator for arithmetic sums", *arithmetic)),
-        CallableExpert("calc_sloppy", sloppy_calculator, _card("approximate arithmetic", *arithmetic)),
+        CallableExpert(
+            "calc_b", calculator, _card("second calculator for arithmetic sums", *arithmetic)
+        ),
+        CallableExpert(
+            "calc_sloppy", sloppy_calculator, _card("approximate arithmetic", *arithmetic)
+        ),
         CallableExpert(
             "atlas",
             capital_lookup,
@@ -87,11 +92,15 @@ def router() -> EmbeddingRouter:
     return EmbeddingRouter()
 
 
-def test_three_step_plan_is_routed_voted_and_traced(tmp_path: Path, router: EmbeddingRouter) -> None:
+def test_three_step_plan_is_routed_voted_and_traced(
+    tmp_path: Path, router: EmbeddingRouter
+) -> None:
     orch = Orchestrator(_experts(), router, MajorityVote(), trace_dir=tmp_path)
     task = Task(
         plan=[
-            PlanStep(instruction="What is 17 + 25?", answer_format=AnswerFormat(kind="number"), top_k=3),
+            PlanStep(
+                instruction="What is 17 + 25?", answer_format=AnswerFormat(kind="number"), top_k=3
+            ),
             PlanStep(instruction="What is the capital of Japan?"),
             PlanStep(instruction="Reverse the letters of {step2}"),
         ]
@@ -118,7 +127,9 @@ def test_three_step_plan_is_routed_voted_and_traced(tmp_path: Path, router: Embe
     calls = [r for r in trace.records if isinstance(r, CallRecord)]
     aggregates = [r for r in trace.records if isinstance(r, AggregateRecord)]
     assert [r.decision.experts for r in routes] == [s.decision.experts for s in result.steps]
-    assert len(calls) == 5 and {c.generation.expert for c in calls if c.step == 0} == set(first.decision.experts)
+    assert len(calls) == 5 and {c.generation.expert for c in calls if c.step == 0} == set(
+        first.decision.experts
+    )
     assert aggregates[0].result.votes == first.result.votes
     end = trace.end
     assert isinstance(end, RunEnd) and end.answer == "oykoT" and end.steps == 3
@@ -138,23 +149,33 @@ def test_failing_expert_is_recorded_and_routed_around(tmp_path: Path) -> None:
         CallableExpert("calc", calculator, _card("arithmetic", ["arithmetic"], [])),
     ]
     orch = Orchestrator(experts, FixedPolicy(["broken"]), trace_dir=tmp_path)
-    result = orch.run(Task(plan=[PlanStep(instruction="What is 2 + 3?"), PlanStep(instruction="What is 4 * 5?")]))
+    result = orch.run(
+        Task(plan=[PlanStep(instruction="What is 2 + 3?"), PlanStep(instruction="What is 4 * 5?")])
+    )
     assert [s.result.answer for s in result.steps] == ["5", "20"]
     first = result.steps[0]
     assert [g.expert for g in first.generations] == ["broken", "calc"]
-    assert first.generations[0].error is not None and "upstream down" in first.generations[0].error.message
+    assert (
+        first.generations[0].error is not None
+        and "upstream down" in first.generations[0].error.message
+    )
     assert first.result.excluded[0].expert == "broken"
     assert "routing around to calc" in first.result.meta["requests"][0]
+    # Step 2 routes around the expert that failed every call: it is not called again.
+    assert [g.expert for g in result.steps[1].generations] == ["calc"]
+    assert result.steps[1].decision.experts == ["calc"]
     trace = load_run(result.trace_path)
     errors = [r for r in trace.records if isinstance(r, CallRecord) and r.generation.error]
-    assert len(errors) == 2  # the fixed policy insists; each step falls back again
+    assert len(errors) == 1
 
 
 def test_all_experts_failing_ends_the_step_without_crashing(tmp_path: Path) -> None:
     def broken(prompt: str) -> str:
         raise RuntimeError("no")
 
-    orch = Orchestrator([CallableExpert("a", broken), CallableExpert("b", broken)], AllExperts(), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("a", broken), CallableExpert("b", broken)], AllExperts(), trace_dir=tmp_path
+    )
     result = orch.run("anything")
     assert result.answer is None
     assert result.steps[0].result is not None and result.steps[0].result.answer is None
@@ -184,7 +205,9 @@ def test_cost_budget_stops_before_the_call_that_would_exceed_it(tmp_path: Path) 
 
 
 def test_max_steps_and_deadline(tmp_path: Path) -> None:
-    orch = Orchestrator([CallableExpert("echo", lambda p: p)], FixedPolicy(["echo"]), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("echo", lambda p: p)], FixedPolicy(["echo"]), trace_dir=tmp_path
+    )
     plan = [PlanStep(instruction=f"say {i}") for i in range(4)]
     result = orch.run(Task(plan=plan, budget=Budget(max_steps=2)))
     assert len(result.steps) == 2 and result.stop_reason == "max_steps reached (2)"
@@ -222,11 +245,15 @@ class _UntilTwoAgree(Aggregator):
         texts = [g.text for g in candidates if g.ok]
         for text in texts:
             if texts.count(text) >= 2:
-                return StepResult(aggregator=self.name, text=text, answer=text, stop_reason="two agree")
+                return StepResult(
+                    aggregator=self.name, text=text, answer=text, stop_reason="two agree"
+                )
         if context.calls_left:
             return StepResult(
                 aggregator=self.name,
-                more=SampleRequest(experts=[context.order[0]], params={"temperature": 0.7}, reason="no agreement"),
+                more=SampleRequest(
+                    experts=[context.order[0]], params={"temperature": 0.7}, reason="no agreement"
+                ),
             )
         return StepResult(aggregator=self.name, text=texts[-1], answer=texts[-1], stop_reason="cap")
 
@@ -238,7 +265,12 @@ def test_aggregator_can_ask_for_more_samples_within_the_step_budget(tmp_path: Pa
         seen.append(dict(params))
         return ["a", "b", "c", "b"][len(seen) - 1] if len(seen) <= 4 else "d"
 
-    orch = Orchestrator([CallableExpert("noisy", noisy)], FixedPolicy(["noisy"]), _UntilTwoAgree(), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("noisy", noisy)],
+        FixedPolicy(["noisy"]),
+        _UntilTwoAgree(),
+        trace_dir=tmp_path,
+    )
     result = orch.run("question")
     step = result.steps[0]
     assert step.result.answer == "b" and step.result.extra_calls == 3
@@ -251,7 +283,9 @@ def test_aggregator_can_ask_for_more_samples_within_the_step_budget(tmp_path: Pa
 
 
 def test_astream_yields_an_event_per_node_and_the_result(tmp_path: Path) -> None:
-    orch = Orchestrator([CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path
+    )
 
     async def collect() -> list[object]:
         return [event async for event in orch.astream("What is 2 + 2?")]
@@ -261,12 +295,13 @@ def test_astream_yields_an_event_per_node_and_the_result(tmp_path: Path) -> None
     assert events[-1].result is not None and events[-1].result.answer == "4"
 
 
-def test_run_inside_an_event_loop_says_to_use_arun(tmp_path: Path) -> None:
-    orch = Orchestrator([CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path)
+def test_run_inside_an_event_loop_runs_on_a_worker_thread(tmp_path: Path) -> None:
+    orch = Orchestrator(
+        [CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path
+    )
 
     async def inside() -> None:
-        with pytest.raises(RuntimeError, match="arun"):
-            orch.run("What is 1 + 1?")
+        assert orch.run("What is 1 + 1?").answer == "2"  # the caller's loop is not re-entered
         assert (await orch.arun("What is 1 + 1?")).answer == "2"
 
     asyncio.run(inside())
@@ -284,7 +319,9 @@ class Outer(TypedDict, total=False):
 def test_compiled_graph_runs_inside_a_users_graph(tmp_path: Path) -> None:
     from langgraph.graph import END, START, StateGraph
 
-    orch = Orchestrator([CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path
+    )
 
     def prepare(state: Outer) -> dict[str, object]:
         return {"task": Task(prompt=state["question"]), "log": ["prepared"]}
@@ -307,8 +344,10 @@ def test_compiled_graph_runs_inside_a_users_graph(tmp_path: Path) -> None:
 
 def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
     code = (
-        "import sys, expertgraph.orchestrator, expertgraph.agents, expertgraph.policies, expertgraph.traces;"
-        "bad=[m for m in ('torch','litellm','transformers','sentence_transformers') if m in sys.modules];"
+        "import sys, expertgraph.orchestrator, expertgraph.agents, expertgraph.policies, "
+        "expertgraph.traces;"
+        "bad=[m for m in ('torch','litellm','transformers','sentence_transformers') "
+        "if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -316,8 +355,14 @@ def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
 
 
 def test_a_policys_own_cost_counts_against_the_budget(tmp_path: Path) -> None:
-    from expertgraph.core import Decision, Usage
-    from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
+    from expertgraph.core import (
+        Decision,
+        Policy,
+        RoutingState,
+        Usage,
+        finish_decision,
+        next_instruction,
+    )
 
     class PricyRouter(Policy):
         name = "pricy-router"
@@ -361,9 +406,13 @@ def test_a_fusers_own_call_counts_in_the_step_and_run_usage(tmp_path: Path) -> N
 
 
 def test_a_plan_longer_than_the_open_task_limit_runs_whole(tmp_path: Path) -> None:
-    orch = Orchestrator([CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path)
+    orch = Orchestrator(
+        [CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path
+    )
     plan = [PlanStep(instruction=f"What is {i} + 1?") for i in range(12)]
     result = orch.run(Task(plan=plan))
-    assert len(result.steps) == 12 and result.answer == "12" and result.stop_reason == "plan complete"
+    assert (
+        len(result.steps) == 12 and result.answer == "12" and result.stop_reason == "plan complete"
+    )
     open_task = orch.as_task("What is 1 + 1?")
     assert open_task.max_steps == 8

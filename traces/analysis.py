@@ -2,7 +2,8 @@
 
 Columns of :attr:`TraceSummary.experts` (one row per expert):
   routed        steps whose routing decision chose the expert
-  calls         expert calls made (extra samples and route-arounds included)
+  calls         expert calls made (extra samples, route-arounds, and its router, fuser or
+                judge calls included)
   winning       steps where one of its candidates was in the winning answer
   win_rate      winning / steps it answered in
   router_score  mean score the router gave it, over the call decisions that scored it
@@ -65,7 +66,9 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     score_sum: Counter[str] = Counter()
     score_n: Counter[str] = Counter()
     call_decisions = decisions[decisions["action"] == "call"] if len(decisions) else decisions
-    for experts, scores in zip(call_decisions.get("experts", []), call_decisions.get("scores", []), strict=False):
+    for experts, scores in zip(
+        call_decisions.get("experts", []), call_decisions.get("scores", []), strict=False
+    ):
         for name in json.loads(experts):
             routed[name] += 1
         for name, score in json.loads(scores).items():
@@ -75,8 +78,12 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     rows = []
     for name in names:
         mine = calls[calls["expert"] == name] if len(calls) else calls
-        answered_steps = mine[["run_id", "step"]].drop_duplicates() if len(mine) else []
-        winning = mine[mine["in_winner"] == 1][["run_id", "step"]].drop_duplicates() if len(mine) else []
+        # Steps it answered in: its own router/fuser/judge calls answer no step.
+        answering = mine[mine["role"] == "candidate"] if len(mine) else mine
+        answered_steps = answering[["run_id", "step"]].drop_duplicates() if len(answering) else []
+        winning = (
+            mine[mine["in_winner"] == 1][["run_id", "step"]].drop_duplicates() if len(mine) else []
+        )
         latency = mine["latency_s"].to_numpy(dtype=float) if len(mine) else np.array([])
         rows.append(
             {
@@ -84,11 +91,15 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
                 "routed": routed[name],
                 "calls": len(mine),
                 "winning": len(winning),
-                "win_rate": (len(winning) / len(answered_steps)) if len(answered_steps) else math.nan,
+                "win_rate": (len(winning) / len(answered_steps))
+                if len(answered_steps)
+                else math.nan,
                 "router_score": score_sum[name] / score_n[name] if score_n[name] else math.nan,
                 "errors": int((mine["ok"] == 0).sum()) if len(mine) else 0,
                 "retries": int((mine["attempts"] - 1).clip(lower=0).sum()) if len(mine) else 0,
-                "tokens": int((mine["input_tokens"] + mine["output_tokens"]).sum()) if len(mine) else 0,
+                "tokens": int((mine["input_tokens"] + mine["output_tokens"]).sum())
+                if len(mine)
+                else 0,
                 "cost": float(mine["cost"].sum()) if len(mine) else 0.0,
                 "latency_p50_s": float(np.percentile(latency, 50)) if latency.size else math.nan,
                 "latency_p95_s": float(np.percentile(latency, 95)) if latency.size else math.nan,
@@ -97,8 +108,18 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     experts = pd.DataFrame(
         rows,
         columns=[
-            "expert", "routed", "calls", "winning", "win_rate", "router_score", "errors",
-            "retries", "tokens", "cost", "latency_p50_s", "latency_p95_s",
+            "expert",
+            "routed",
+            "calls",
+            "winning",
+            "win_rate",
+            "router_score",
+            "errors",
+            "retries",
+            "tokens",
+            "cost",
+            "latency_p50_s",
+            "latency_p95_s",
         ],
     )
 
@@ -109,20 +130,26 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
         calls_only = mine[mine["action"] == "call"]
         chosen: Counter[str] = Counter()
         spreads = []
-        for experts_json, scores_json in zip(calls_only["experts"], calls_only["scores"], strict=False):
+        for experts_json, scores_json in zip(
+            calls_only["experts"], calls_only["scores"], strict=False
+        ):
             chosen.update(json.loads(experts_json))
             values = list(json.loads(scores_json).values())
             if values:
                 spreads.append(max(values) - min(values))
         total = sum(chosen.values())
-        entropy = -sum((c / total) * math.log2(c / total) for c in chosen.values()) if total else 0.0
+        entropy = (
+            -sum((c / total) * math.log2(c / total) for c in chosen.values()) if total else 0.0
+        )
         top, top_n = chosen.most_common(1)[0] if chosen else (None, 0)
         prow.append(
             {
                 "policy": policy,
                 "decisions": len(mine),
                 "finishes": int((mine["action"] == "finish").sum()),
-                "mean_experts": float(calls_only["n_experts"].mean()) if len(calls_only) else math.nan,
+                "mean_experts": float(calls_only["n_experts"].mean())
+                if len(calls_only)
+                else math.nan,
                 "experts_used": len(chosen),
                 "top_expert": top,
                 "top_share": top_n / len(calls_only) if len(calls_only) else math.nan,
@@ -133,16 +160,49 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     policies = pd.DataFrame(
         prow,
         columns=[
-            "policy", "decisions", "finishes", "mean_experts", "experts_used", "top_expert",
-            "top_share", "entropy_bits", "score_spread",
+            "policy",
+            "decisions",
+            "finishes",
+            "mean_experts",
+            "experts_used",
+            "top_expert",
+            "top_share",
+            "entropy_bits",
+            "score_spread",
         ],
     )
 
     # ---- runs ---------------------------------------------------------------------------
-    run_table = runs[
-        ["run_id", "policy", "aggregator", "steps", "calls", "cost", "latency_s", "stop_reason", "answer", "complete"]
-    ].copy() if len(runs) else pd.DataFrame(
-        columns=["run_id", "policy", "aggregator", "steps", "calls", "cost", "latency_s", "stop_reason", "answer", "complete"]
+    run_table = (
+        runs[
+            [
+                "run_id",
+                "policy",
+                "aggregator",
+                "steps",
+                "calls",
+                "cost",
+                "latency_s",
+                "stop_reason",
+                "answer",
+                "complete",
+            ]
+        ].copy()
+        if len(runs)
+        else pd.DataFrame(
+            columns=[
+                "run_id",
+                "policy",
+                "aggregator",
+                "steps",
+                "calls",
+                "cost",
+                "latency_s",
+                "stop_reason",
+                "answer",
+                "complete",
+            ]
+        )
     )
     run_labels = {}
     if len(labels):
@@ -170,14 +230,39 @@ def print_summary(summary: TraceSummary, console: Any | None = None, *, max_runs
     for title, frame in (("Experts", summary.experts), ("Policies", summary.policies)):
         table = Table(title=title)
         for column in frame.columns:
-            table.add_column(str(column), justify="left" if frame[column].dtype == object else "right")
+            table.add_column(
+                str(column), justify="left" if frame[column].dtype == object else "right"
+            )
         for row in frame.itertuples(index=False):
             table.add_row(*(_fmt(v) for v in row))
         console.print(table)
     runs = summary.runs.tail(max_runs)
     table = Table(title=f"Runs (last {len(runs)} of {len(summary.runs)})")
-    for column in ("run_id", "policy", "steps", "calls", "cost", "latency_s", "label", "stop_reason"):
+    for column in (
+        "run_id",
+        "policy",
+        "steps",
+        "calls",
+        "cost",
+        "latency_s",
+        "label",
+        "stop_reason",
+    ):
         table.add_column(column)
     for row in runs.itertuples(index=False):
-        table.add_row(*(_fmt(getattr(row, c)) for c in ("run_id", "policy", "steps", "calls", "cost", "latency_s", "label", "stop_reason")))
+        table.add_row(
+            *(
+                _fmt(getattr(row, c))
+                for c in (
+                    "run_id",
+                    "policy",
+                    "steps",
+                    "calls",
+                    "cost",
+                    "latency_s",
+                    "label",
+                    "stop_reason",
+                )
+            )
+        )
     console.print(table)

@@ -27,7 +27,8 @@ from expertgraph.traces.store import (
 )
 
 INDEX_NAME = "index.sqlite"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+"""2: calls carry their role (candidate, router, fuser, judge)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -51,7 +52,7 @@ CREATE TABLE IF NOT EXISTS steps (
     output_tokens INTEGER, cost REAL, PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS calls (
-    run_id TEXT, seq INTEGER, step INTEGER, expert TEXT, sample INTEGER, ok INTEGER,
+    run_id TEXT, seq INTEGER, step INTEGER, expert TEXT, role TEXT, sample INTEGER, ok INTEGER,
     error_type TEXT, error TEXT, attempts INTEGER, input_tokens INTEGER, output_tokens INTEGER,
     cost REAL, latency_s REAL, model TEXT, routed INTEGER, router_score REAL, in_winner INTEGER,
     ts REAL, PRIMARY KEY (run_id, seq)
@@ -64,6 +65,21 @@ CREATE INDEX IF NOT EXISTS calls_expert ON calls (expert);
 CREATE INDEX IF NOT EXISTS decisions_policy ON decisions (policy);
 """
 _RUN_TABLES = ("runs", "decisions", "steps", "calls")
+_ALL_TABLES = ("meta", "files", *_RUN_TABLES, "labels")
+
+
+def _drop_if_outdated(conn: sqlite3.Connection) -> None:
+    """An index of another version is dropped: the next sync rebuilds it from the files."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+    ).fetchone()
+    if not has_meta:
+        return
+    row = conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+    if row is not None and row[0] == str(INDEX_VERSION):
+        return
+    for table in _ALL_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 class TraceIndex:
@@ -88,6 +104,7 @@ class TraceIndex:
             conn.execute("PRAGMA synchronous=NORMAL")
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
+                _drop_if_outdated(conn)
                 conn.executescript(_SCHEMA)
                 conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(INDEX_VERSION),)
@@ -134,7 +151,8 @@ class TraceIndex:
                         cols = ", ".join(row)
                         marks = ", ".join("?" for _ in row)
                         conn.execute(
-                            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", tuple(row.values())
+                            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})",
+                            tuple(row.values()),
                         )
                 conn.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, 'trace', ?, ?, ?)",
@@ -155,7 +173,16 @@ class TraceIndex:
             for n, label in enumerate(labels):
                 conn.execute(
                     "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, n, label.step, label.score, label.expected, label.note, label.source, label.ts),
+                    (
+                        run_id,
+                        n,
+                        label.step,
+                        label.score,
+                        label.expected,
+                        label.note,
+                        label.source,
+                        label.ts,
+                    ),
                 )
             if path.exists():
                 stat = path.stat()
@@ -244,7 +271,9 @@ def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
         "started": start.ts,
         "ended": end.ts if end else None,
         "task_id": start.task.id,
-        "task": str(start.task.metadata.get("task")) if start.task.metadata.get("task") is not None else None,
+        "task": str(start.task.metadata.get("task"))
+        if start.task.metadata.get("task") is not None
+        else None,
         "prompt": start.task.text,
         "policy": start.policy,
         "aggregator": start.aggregator,
@@ -252,7 +281,9 @@ def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
         "stop_reason": end.stop_reason if end else "incomplete: no run_end record",
         "steps": len(steps),
         "input_tokens": usage.input_tokens if usage else sum(s.usage.input_tokens for s in steps),
-        "output_tokens": usage.output_tokens if usage else sum(s.usage.output_tokens for s in steps),
+        "output_tokens": usage.output_tokens
+        if usage
+        else sum(s.usage.output_tokens for s in steps),
         "cost": usage.cost if usage else sum(s.usage.cost for s in steps),
         "calls": usage.calls if usage else sum(s.usage.calls for s in steps),
         "latency_s": end.latency_s if end else None,
@@ -283,7 +314,7 @@ def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
             "instruction": s.instruction,
             "policy": s.decision.policy,
             "aggregator": s.result.aggregator if s.result else None,
-            "answer": (s.result.answer if s.result.answer is not None else s.result.text or None) if s.result else None,
+            "answer": s.result.comparable if s.result else None,
             "winner": json.dumps(s.result.winner if s.result else []),
             "confidence": s.result.confidence if s.result else None,
             "margin": s.result.margin if s.result else None,
@@ -301,13 +332,15 @@ def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
         if not isinstance(r, CallRecord):
             continue
         g = r.generation
-        decision = call_decisions.get(r.step)
+        candidate = r.role == "candidate"
+        decision = call_decisions.get(r.step) if candidate else None
         calls.append(
             {
                 "run_id": trace.run_id,
                 "seq": r.seq,
                 "step": r.step,
                 "expert": g.expert,
+                "role": r.role,
                 "sample": g.sample,
                 "ok": int(g.ok),
                 "error_type": g.error.type if g.error else None,
@@ -320,7 +353,7 @@ def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
                 "model": g.model,
                 "routed": int(decision is not None and g.expert in decision.experts),
                 "router_score": decision.scores.get(g.expert) if decision else None,
-                "in_winner": int(candidate_key(g) in winners.get(r.step, set())),
+                "in_winner": int(candidate and candidate_key(g) in winners.get(r.step, set())),
                 "ts": r.ts,
             }
         )

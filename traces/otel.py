@@ -137,7 +137,9 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                 "expertgraph.cost": usage.cost if usage else None,
                 "expertgraph.steps": end_record.steps if end_record else None,
             },
-            error=None if end_record and not end_record.stop_reason.startswith("error") else (
+            error=None
+            if end_record and not end_record.stop_reason.startswith("error")
+            else (
                 end_record.stop_reason if end_record else "run did not finish (no run_end record)"
             ),
         )
@@ -181,16 +183,20 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                     "input.value": end.instruction if end and content else None,
                     "output.value": end.answer if end and content else None,
                 },
-                error=None if result is None or not result.failed else (result.stop_reason or "no answer"),
+                error=None
+                if result is None or not result.failed
+                else (result.stop_reason or "no answer"),
             )
         )
     previous_ts = start.ts
     for record in trace.records:
         if isinstance(record, RouteRecord):
             d = record.decision
-            parent = span_id(run_id, f"step/{record.step}") if (
-                d.action == "call" and record.step in step_bounds
-            ) else run_key
+            parent = (
+                span_id(run_id, f"step/{record.step}")
+                if (d.action == "call" and record.step in step_bounds)
+                else run_key
+            )
             spans.append(
                 _span(
                     run_id,
@@ -222,7 +228,9 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                 _span(
                     run_id,
                     f"call/{record.seq}",
-                    span_id(run_id, f"step/{record.step}") if record.step in step_bounds else run_key,
+                    span_id(run_id, f"step/{record.step}")
+                    if record.step in step_bounds
+                    else run_key,
                     f"chat {model}",
                     record.ts - g.latency_s,
                     record.ts,
@@ -235,7 +243,9 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                         "gen_ai.request.max_tokens": _int(params.get("max_tokens")),
                         "gen_ai.usage.input_tokens": g.input_tokens,
                         "gen_ai.usage.output_tokens": g.output_tokens,
-                        "gen_ai.response.finish_reasons": [g.finish_reason] if g.finish_reason else None,
+                        "gen_ai.response.finish_reasons": [g.finish_reason]
+                        if g.finish_reason
+                        else None,
                         "gen_ai.agent.name": g.expert,
                         "error.type": g.error.type if g.error else None,
                         "openinference.span.kind": "LLM",
@@ -250,6 +260,7 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                         "output.value": g.text if content and g.ok else None,
                         "expertgraph.expert": g.expert,
                         "expertgraph.sample": g.sample,
+                        "expertgraph.call.role": record.role,
                         "expertgraph.attempts": g.attempts,
                         "expertgraph.cost": g.cost,
                     },
@@ -281,7 +292,9 @@ def to_otlp(spans: list[dict[str, Any]]) -> dict[str, Any]:
         "resourceSpans": [
             {
                 "resource": {"attributes": _attributes({"service.name": "expertgraph"})},
-                "scopeSpans": [{"scope": {"name": SCOPE, "version": scope_version}, "spans": spans}],
+                "scopeSpans": [
+                    {"scope": {"name": SCOPE, "version": scope_version}, "spans": spans}
+                ],
             }
         ]
     }
@@ -300,14 +313,25 @@ def write_otlp(trace: RunTrace, out: str | Path) -> int:
 
 
 def post_spans(
-    payload: dict[str, Any], endpoint: str, *, headers: dict[str, str] | None = None, timeout: float = 10.0
+    payload: dict[str, Any],
+    endpoint: str,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
 ) -> int:
     """POST an OTLP/JSON payload to a collector (``<endpoint>/v1/traces``); returns the status."""
     import httpx
 
-    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
+    url = (
+        endpoint
+        if endpoint.rstrip("/").endswith("/v1/traces")
+        else endpoint.rstrip("/") + "/v1/traces"
+    )
     response = httpx.post(
-        url, json=payload, headers={"Content-Type": "application/json", **(headers or {})}, timeout=timeout
+        url,
+        json=payload,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        timeout=timeout,
     )
     response.raise_for_status()
     return response.status_code

@@ -88,7 +88,11 @@ class ReplayReport:
 
 
 def routing_states(trace: RunTrace) -> dict[int, RoutingState]:
-    """The state each recorded step was routed from: earlier steps, health and spend so far."""
+    """The state each recorded step was routed from: earlier steps, health and spend so far.
+
+    Health counts the calls of earlier steps, whatever their role (candidate, router, fuser,
+    judge); a step's own router call comes after its state, as it did live.
+    """
     start = trace.start
     task = start.task
     steps = trace.steps()
@@ -97,6 +101,7 @@ def routing_states(trace: RunTrace) -> dict[int, RoutingState]:
     health: dict[str, ExpertHealth] = {e.name: ExpertHealth() for e in start.experts}
     calls_by_step: dict[int, list[CallRecord]] = {}
     for record in trace.records:
+        # Every role counts, as in the live run: a router that failed is a failing expert.
         if isinstance(record, CallRecord):
             calls_by_step.setdefault(record.step, []).append(record)
     spent = Usage()
@@ -121,6 +126,8 @@ def routing_states(trace: RunTrace) -> dict[int, RoutingState]:
             if record.generation.error is not None:
                 h.errors += 1
                 h.last_error = record.generation.error.message
+            if record.role == "router":  # routing is the run's spend, not in the step's
+                spent = spent + record.generation.usage
         spent = spent + step.usage
     return out
 
@@ -175,7 +182,9 @@ def replay_run(
         try:
             live = aggregator or aggregator_factory(step.result.aggregator)
         except Exception:  # noqa: BLE001 - e.g. an aggregator that needs live experts
-            report.not_evaluable[f"aggregator {step.result.aggregator!r} cannot be rebuilt for replay"] += 1
+            report.not_evaluable[
+                f"aggregator {step.result.aggregator!r} cannot be rebuilt for replay"
+            ] += 1
             continue
         context = contexts[step.index]
         try:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from expertgraph.core.protocols import CallRole
 from expertgraph.core.types import (
     Decision,
     ExpertCard,
@@ -13,11 +16,11 @@ from expertgraph.core.types import (
     Task,
     Usage,
 )
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-TRACE_VERSION = 2
-"""Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added (files
-written as version 1 read unchanged). Readers refuse lines of a newer version."""
+TRACE_VERSION = 3
+"""Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added; 3:
+``CallRecord.role`` added (files of older versions read unchanged). Readers refuse lines of a
+newer version."""
 
 OMITTED = "[omitted]"
 """What stands in for a prompt or output when content capture is off."""
@@ -72,10 +75,17 @@ class RouteRecord(_Record):
 
 
 class CallRecord(_Record):
+    """One expert call that was made: a step's candidate, or a router's, fuser's or judge's own.
+
+    Only ``role == "candidate"`` calls are a step's candidates; every role counts as a call of
+    its expert (health, spend, summaries).
+    """
+
     type: Literal["call"] = "call"
     step: int
     instruction: str
     generation: Generation
+    role: CallRole = "candidate"
 
 
 class AggregateRecord(_Record):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from expertgraph.core.errors import TraceCorruptionError, TraceError
 from expertgraph.core.types import RunResult, Step, StepResult, Usage
 from expertgraph.traces.redact import Redactor
@@ -31,7 +33,6 @@ from expertgraph.traces.schema import (
     TraceRecord,
     record_adapter,
 )
-from pydantic import ValidationError
 
 DEFAULT_TRACE_DIR = ".expertgraph/traces"
 LABELS_SUFFIX = ".labels.jsonl"
@@ -182,9 +183,12 @@ class TraceWriter:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def encode(self, record: TraceRecord) -> bytes:
-        """The line that :meth:`write` appends for ``record`` (content policy and redaction applied)."""
+        """The line that :meth:`write` appends for ``record`` (content policy and redaction
+        applied)."""
         if isinstance(record, RunStart):
-            record.capture = Capture(content=self.capture_content, redacted=self.redactor is not None)
+            record.capture = Capture(
+                content=self.capture_content, redacted=self.redactor is not None
+            )
         if self.capture_content:
             # pydantic's own encoder, no intermediate dict: the common path stays cheap.
             line = record.model_dump_json()
@@ -321,12 +325,12 @@ class RunTrace:
     def final_step(self) -> int | None:
         """Index of the step whose answer became the run's answer (the last answered step)."""
         for step in reversed(self.steps()):
-            if step.result is not None and (step.result.answer is not None or step.result.text):
+            if step.result is not None and not step.result.failed:
                 return step.index
         return None
 
     def steps(self) -> list[Step]:
-        """Rebuild the steps from route, call and aggregate records."""
+        """Rebuild the steps from route, candidate call and aggregate records."""
         decisions: dict[int, RouteRecord] = {}
         calls: dict[int, list[CallRecord]] = {}
         results: dict[int, StepResult] = {}
@@ -334,7 +338,8 @@ class RunTrace:
         for record in self.records:
             if isinstance(record, RouteRecord) and record.decision.action == "call":
                 decisions[record.step] = record
-            elif isinstance(record, CallRecord):
+            elif isinstance(record, CallRecord) and record.role == "candidate":
+                # A router's, fuser's or judge's own call is no candidate of the step.
                 calls.setdefault(record.step, []).append(record)
             elif isinstance(record, AggregateRecord):
                 results[record.step] = record.result
@@ -344,13 +349,17 @@ class RunTrace:
         for index in sorted(decisions):
             route = decisions[index]
             generations = [c.generation for c in calls.get(index, [])]
-            usage = ends[index].usage if index in ends else sum(
-                (g.usage for g in generations), Usage()
+            usage = (
+                ends[index].usage if index in ends else sum((g.usage for g in generations), Usage())
             )
             instruction = (
                 ends[index].instruction
                 if index in ends
-                else (calls[index][0].instruction if calls.get(index) else route.decision.instruction or "")
+                else (
+                    calls[index][0].instruction
+                    if calls.get(index)
+                    else route.decision.instruction or ""
+                )
             )
             steps.append(
                 Step(
@@ -451,7 +460,9 @@ class TraceStore:
             if self._draining is not None:
                 return
             if self._worker is None:
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="expertgraph-trace")
+                self._worker = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="expertgraph-trace"
+                )
             self._draining = self._worker.submit(self._drain)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -500,9 +511,13 @@ class TraceStore:
                 try:
                     from expertgraph.traces.otel import post_spans, run_to_otlp
 
-                    post_spans(run_to_otlp(load_run(path)), self.otel_endpoint, headers=self.otel_headers)
+                    post_spans(
+                        run_to_otlp(load_run(path)), self.otel_endpoint, headers=self.otel_headers
+                    )
                 except Exception as exc:  # noqa: BLE001
-                    _log.warning("OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc)
+                    _log.warning(
+                        "OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc
+                    )
 
     def run_ids(self) -> list[str]:
         """Runs of the directory: ``*.jsonl`` files that start with a run_start record.
@@ -525,7 +540,9 @@ class TraceStore:
         path = self.path_for(run)
         if not path.exists():
             known = self.run_ids()
-            hint = f"; known runs: {', '.join(known[-5:])}" if known else "; the directory has no runs"
+            hint = (
+                f"; known runs: {', '.join(known[-5:])}" if known else "; the directory has no runs"
+            )
             raise TraceError(f"no trace for run {run!r} in {self.directory}{hint}")
         return path
 

@@ -7,18 +7,19 @@ from expertgraph.core._lazy import lazy_exports
 if TYPE_CHECKING:
     from expertgraph.policies.aggregation.ahead_by_k import AheadByK
     from expertgraph.policies.aggregation.answers import Extracted, extract_answer
-    from expertgraph.policies.aggregation.fusion import JudgeRanking, LLMFusion
+    from expertgraph.policies.aggregation.cascade import CascadeAggregator
+    from expertgraph.policies.aggregation.fusion import LLMFusion
+    from expertgraph.policies.aggregation.judge import JudgeRanking
     from expertgraph.policies.aggregation.medoid import MedoidAggregator
     from expertgraph.policies.aggregation.redflags import RedFlags
     from expertgraph.policies.aggregation.replay import ReplayOutcome, replay_step
     from expertgraph.policies.aggregation.voting import MajorityVote, WeightedVote
-    from expertgraph.policies.routing.cascade import CascadeAggregator
 
 _EXPORTS = {
     "AheadByK": "expertgraph.policies.aggregation.ahead_by_k",
-    "CascadeAggregator": "expertgraph.policies.routing.cascade",
+    "CascadeAggregator": "expertgraph.policies.aggregation.cascade",
     "Extracted": "expertgraph.policies.aggregation.answers",
-    "JudgeRanking": "expertgraph.policies.aggregation.fusion",
+    "JudgeRanking": "expertgraph.policies.aggregation.judge",
     "LLMFusion": "expertgraph.policies.aggregation.fusion",
     "MajorityVote": "expertgraph.policies.aggregation.voting",
     "MedoidAggregator": "expertgraph.policies.aggregation.medoid",

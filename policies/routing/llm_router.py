@@ -13,11 +13,14 @@ import math
 import re
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from expertgraph.agents.base import Expert
 from expertgraph.core import ExpertView, Policy, RoutingState, finish_decision
 from expertgraph.core._sync import run_sync
+from expertgraph.core.errors import InvalidRouterAnswer
+from expertgraph.core.protocols import call_expert, refused
 from expertgraph.core.types import Decision, Generation, Message, Step, Usage
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Tags the prompt uses as delimiters; the same names inside quoted text are escaped.
 _DELIMITER = re.compile(r"<(\s*/?\s*)(output|task|instruction)\b", re.IGNORECASE)
@@ -72,10 +75,6 @@ class RouterAnswer(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
 
-class InvalidRouterAnswer(ValueError):
-    """The router's answer cannot be used; the message says why."""
-
-
 def _dedupe(names: list[str]) -> list[str]:
     seen: set[str] = set()
     return [n for n in names if not (n in seen or seen.add(n))]
@@ -127,7 +126,8 @@ class LLMRouter(Policy):
             parts.append(f"Skills: {', '.join(card.skills)}.")
         if card.cost_per_1k_input or card.cost_per_1k_output:
             parts.append(
-                f"Cost per 1k tokens: {card.cost_per_1k_input:g} in, {card.cost_per_1k_output:g} out."
+                f"Cost per 1k tokens: {card.cost_per_1k_input:g} in, "
+                f"{card.cost_per_1k_output:g} out."
             )
         if view.health.errors:
             parts.append(f"Failed {view.health.errors} of {view.health.calls} calls in this run.")
@@ -135,10 +135,7 @@ class LLMRouter(Policy):
 
     def _block(self, step: Step) -> str:
         result = step.result
-        if result is None or (result.answer is None and not result.text):
-            text = "(no usable answer)"
-        else:
-            text = result.text or result.answer or ""
+        text = "(no usable answer)" if result is None or result.failed else result.output or ""
         if len(text) > self.max_output_chars:
             text = text[: self.max_output_chars] + " [...truncated]"
         authors = _dedupe([key.rsplit("#", 1)[0] for key in (result.winner if result else [])])
@@ -150,7 +147,8 @@ class LLMRouter(Policy):
         )
 
     def messages(self, state: RoutingState) -> list[Message]:
-        """The router's prompt: a system message with the rules and cards, a user message with the run."""
+        """The router's prompt: a system message with rules and cards, a user message with the
+        run."""
         views = state.candidates
         k = self._k(state)
         plan = state.plan_step is not None
@@ -182,7 +180,7 @@ class LLMRouter(Policy):
                 (
                     "- The step's instruction is fixed; only choose the experts."
                     if plan
-                    else "- Use \"finish\" when the last output already answers the task."
+                    else '- Use "finish" when the last output already answers the task.'
                 ),
                 "- Reply with exactly one JSON object and nothing else, of this form:",
                 schema,
@@ -206,7 +204,10 @@ class LLMRouter(Policy):
         else:
             lines.append(f"Step {state.step_index + 1}; at most {left} step(s) left.")
         lines.append(f"Answer with the JSON object. Experts: {', '.join(v.name for v in views)}.")
-        return [Message(role="system", content=system), Message(role="user", content="\n".join(lines))]
+        return [
+            Message(role="system", content=system),
+            Message(role="user", content="\n".join(lines)),
+        ]
 
     # ---- answer ------------------------------------------------------------------------------
 
@@ -222,7 +223,8 @@ class LLMRouter(Policy):
             answer = RouterAnswer.model_validate(obj)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}" for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc']) or 'answer'}: {e['msg']}"
+                for e in exc.errors()
             )
             raise InvalidRouterAnswer(f"invalid JSON answer: {problems}") from None
         allowed = [v.name for v in state.candidates]
@@ -256,7 +258,9 @@ class LLMRouter(Policy):
             raise InvalidRouterAnswer("'call' with an empty list of experts")
         unknown = [n for n in names if n not in allowed]
         if unknown:
-            raise InvalidRouterAnswer(f"unknown or disallowed experts {unknown}; allowed: {allowed}")
+            raise InvalidRouterAnswer(
+                f"unknown or disallowed experts {unknown}; allowed: {allowed}"
+            )
         k = self._k(state)
         if len(names) > k:
             notes.append(f"router named {len(names)} experts; kept the first {k}")
@@ -318,9 +322,7 @@ class LLMRouter(Policy):
                 "raw_chars": len(raw),
             },
         }
-        rationale = (
-            f"llm-router fell back to {self.fallback.name} ({reason}): {decision.rationale}"
-        )
+        rationale = f"llm-router fell back to {self.fallback.name} ({reason}): {decision.rationale}"
         return decision.model_copy(
             update={
                 "meta": meta,
@@ -331,8 +333,14 @@ class LLMRouter(Policy):
         )
 
     async def adecide(self, state: RoutingState) -> Decision:
-        gen = await self.router.generate(self.messages(state), **self.params)
+        gen = await call_expert(
+            state.call, self.router, self.messages(state), role="router", **self.params
+        )
         router_meta = self._usage(gen)
+        if gen.error is not None and refused(gen):
+            # Not made, so it cost nothing; the fallback decides within what is left.
+            reason = f"router call refused: {gen.error.message}"
+            return await self._fall_back(state, reason, "", router_meta, Usage())
         if gen.error is not None:
             reason = f"router call failed: {gen.error.type}: {gen.error.message}"
             return await self._fall_back(state, reason, "", router_meta, gen.usage)

@@ -1,0 +1,463 @@
+"""What the graph's nodes do: route a step, make one candidate call, aggregate the candidates.
+
+Every expert call and trace write goes through the run's :class:`RunRecorder`; the budget
+arithmetic lives in :mod:`expertgraph.orchestrator._budget`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from langgraph.graph import END
+from langgraph.types import Send
+
+from expertgraph.core import AggregationContext, ExpertView, RoutingState
+from expertgraph.core.protocols import refused
+from expertgraph.core.types import (
+    Decision,
+    Generation,
+    Message,
+    PlanStep,
+    SampleRequest,
+    Step,
+    StepResult,
+    Task,
+)
+from expertgraph.orchestrator import _budget
+from expertgraph.orchestrator._prompts import build_messages
+from expertgraph.orchestrator._recorder import RunRecorder
+from expertgraph.orchestrator.graph import CallPlan, GraphState
+from expertgraph.traces.schema import (
+    AggregateRecord,
+    ExpertInfo,
+    RouteRecord,
+    RunStart,
+    StepEnd,
+)
+from expertgraph.traces.store import new_run_id
+
+if TYPE_CHECKING:
+    from expertgraph.orchestrator.orchestrator import Orchestrator
+
+
+def no_answer_reason(step: Step) -> str:
+    """Why a failed step has no answer: each candidate's error type, or why it did not vote."""
+    errors = {(g.expert, g.sample): g.error.type for g in step.generations if g.error is not None}
+    excluded = step.result.excluded if step.result is not None else []
+    why = [f"{e.expert}: {errors.get((e.expert, e.sample), e.reason)}" for e in excluded]
+    why = why or [f"{expert}: {kind}" for (expert, _), kind in errors.items()]
+    return "no expert answered: " + (", ".join(dict.fromkeys(why)) or "no candidate")
+
+
+class Nodes:
+    """The node bodies of one :class:`~expertgraph.orchestrator.graph.RunGraph`."""
+
+    def __init__(self, orch: Orchestrator, runs: dict[str, RunRecorder]) -> None:
+        self.orch = orch
+        self.runs = runs
+
+    # ---- runs ----------------------------------------------------------------------------
+
+    def open_run(self, task: Task, run_id: str | None = None) -> RunRecorder:
+        run_id = run_id or new_run_id()
+        recorder = RunRecorder(
+            run_id=run_id, task=task, writer=self.orch.trace_store.writer(run_id)
+        )
+        self.runs[run_id] = recorder
+        recorder.write(
+            RunStart(
+                run_id=run_id,
+                task=task,
+                experts=[
+                    ExpertInfo(
+                        name=e.name,
+                        kind=e.kind,
+                        card=e.card,
+                        model=getattr(e, "model_name", None),
+                    )
+                    for e in self.orch.experts.values()
+                ],
+                policy=self.orch.policy.name,
+                aggregator=self.orch.aggregator.name,
+                config=self.orch.config_snapshot,
+            )
+        )
+        return recorder
+
+    def close_run(self, state: Mapping[str, Any], stop_reason: str) -> None:
+        recorder = self.runs.pop(state["run_id"], None)
+        if recorder is not None:
+            recorder.close(
+                answer=state.get("answer"),
+                stop_reason=stop_reason,
+                steps=len(state.get("steps") or []),
+            )
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _params(
+        self, expert: str, task: Task, extra: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """A candidate call's params: defaults, then the expert's, the task's, the request's."""
+        return {
+            **self.orch.default_params,
+            **self.orch.expert_params.get(expert, {}),
+            **task.params,
+            **(extra or {}),
+        }
+
+    def _estimate(
+        self, name: str, messages: list[Message], task: Task, extra: Mapping[str, Any] | None = None
+    ) -> float:
+        params = self._params(name, task, extra)
+        return _budget.estimate_cost(self.orch.experts[name].card, messages, params)
+
+    def _fit_cost(
+        self,
+        names: list[str],
+        messages: list[Message],
+        recorder: RunRecorder,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        task = recorder.task
+        estimates = [(n, self._estimate(n, messages, task, extra)) for n in names]
+        return _budget.fit_cost(estimates, recorder.usage.cost, task.budget.max_cost)
+
+    def _routing_state(
+        self, recorder: RunRecorder, index: int, steps: list[Step], plan_step: PlanStep | None
+    ) -> RoutingState:
+        # Health as it was before this step: a copy, so the step's own calls do not show.
+        views = [
+            ExpertView(
+                name=e.name, card=e.card, kind=e.kind, health=replace(recorder.health_of(e.name))
+            )
+            for e in self.orch.experts.values()
+        ]
+        return RoutingState(
+            task=recorder.task,
+            step_index=index,
+            experts=views,
+            steps=steps,
+            plan_step=plan_step,
+            top_k=self.orch.top_k,
+            spent=recorder.usage,
+        )
+
+    def _stop(
+        self, state: GraphState, recorder: RunRecorder, reason: str, answer: str | None = None
+    ) -> dict[str, Any]:
+        if answer is None:
+            answer = state.get("answer")
+            steps = state.get("steps") or []
+            if answer is None and steps and steps[-1].result is not None:
+                answer = steps[-1].result.output
+        return {
+            "stop_reason": reason,
+            "answer": answer,
+            "decision": None,
+            "calls": [],
+            "usage": recorder.usage,
+        }
+
+    @staticmethod
+    def _finished(steps: list[Step], reason: str, answer: str | None) -> str:
+        """The stop reason of a run that ends after its last step: why, when nobody answered."""
+        last = steps[-1] if steps else None
+        if answer is None and last is not None and last.result is not None and last.result.failed:
+            return no_answer_reason(last)
+        return reason
+
+    # ---- route ---------------------------------------------------------------------------
+
+    async def route(self, state: GraphState) -> dict[str, Any]:
+        task = state["task"]
+        update: dict[str, Any] = {}
+        if not state.get("run_id") or state["run_id"] not in self.runs:
+            # A run started from a parent graph: always a new id, since a run_id the parent
+            # kept from an earlier invocation names a finished trace that must not grow.
+            recorder = self.open_run(task)
+            update.update(
+                run_id=recorder.run_id,
+                step_index=0,
+                steps=[],
+                usage=recorder.usage,
+                round=0,
+                started_at=recorder.started_at,
+                answer=None,
+                stop_reason=None,
+            )
+            state = {**state, **update}  # type: ignore[typeddict-item]
+        recorder = self.runs[state["run_id"]]
+        budget = task.budget
+        steps = state.get("steps") or []
+        index = state.get("step_index", 0)
+
+        if task.plan is not None and index >= len(task.plan):
+            reason = self._finished(steps, "plan complete", None)
+            return {**update, **self._stop(state, recorder, reason)}
+        if index >= task.max_steps:
+            return {
+                **update,
+                **self._stop(state, recorder, f"max_steps reached ({task.max_steps})"),
+            }
+        if _budget.past_deadline(task, recorder.started_at):
+            reason = f"deadline reached ({budget.deadline_s:g}s)"
+            return {**update, **self._stop(state, recorder, reason)}
+
+        plan_step = task.plan[index] if task.plan is not None else None
+        routing_state = self._routing_state(recorder, index, steps, plan_step)
+        caller = recorder.caller(index, plan_step.instruction if plan_step else "")
+        routing_state.call = caller
+        try:
+            decision = await self.orch.policy.adecide(routing_state)
+        except Exception as exc:  # noqa: BLE001 - a broken policy stops the run, cleanly
+            reason = f"policy {self.orch.policy.name!r} failed: {type(exc).__name__}: {exc}"
+            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            return {**update, **self._stop(state, recorder, reason)}
+        # What deciding cost (an LLM router's call) is the run's spend and budget.
+        recorder.count(_budget.uncounted(decision.usage, caller.usage))
+
+        if decision.action == "finish":
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            reason = self._finished(
+                steps, f"policy finished: {decision.rationale}", decision.answer
+            )
+            return {**update, **self._stop(state, recorder, reason, decision.answer)}
+
+        instruction = decision.instruction or (plan_step.instruction if plan_step else task.text)
+        decision = self._checked_decision(decision, routing_state)
+        messages = build_messages(task, steps, instruction)
+        chosen, dropped = self._fit_cost(decision.experts, messages, recorder)
+        if dropped:
+            decision.meta["dropped_for_cost"] = dropped
+        if not chosen:
+            decision = decision.model_copy(update={"instruction": instruction})
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            reason = (
+                f"cost budget: calling {', '.join(dropped)} would exceed max_cost "
+                f"{budget.max_cost:g} (spent {recorder.usage.cost:.6g})"
+            )
+            return {**update, **self._stop(state, recorder, reason)}
+        decision = decision.model_copy(update={"instruction": instruction, "experts": chosen})
+        recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+        calls: list[CallPlan] = [{"expert": name, "sample": 0, "params": {}} for name in chosen]
+        return {
+            **update,
+            "decision": decision,
+            "instruction": instruction,
+            "messages": messages,
+            "plan_step": plan_step,
+            "calls": calls,
+            "candidates": None,
+            "round": 0,
+            "step_notes": [],
+            "usage": recorder.usage,
+        }
+
+    @staticmethod
+    def _checked_decision(decision: Decision, state: RoutingState) -> Decision:
+        """Drop experts the policy named that are unknown or not allowed, and say so."""
+        allowed = {v.name for v in state.candidates}
+        known = [n for n in decision.experts if n in allowed]
+        unknown = [n for n in decision.experts if n not in allowed]
+        if unknown:
+            decision.meta["ignored_experts"] = unknown
+        if not known:
+            ranked = sorted(allowed, key=lambda n: decision.scores.get(n, -math.inf), reverse=True)
+            known = ranked[:1]
+            decision.meta["fallback"] = f"policy chose no usable expert; using {known}"
+        return decision.model_copy(update={"experts": known})
+
+    async def after_route(self, state: GraphState) -> Any:
+        # async: LangGraph runs a sync path function in a thread pool, ~1 ms a hop under load
+        if state.get("stop_reason") is not None:
+            # Cheap: one record and a close; the store indexes and exports in the background.
+            self.close_run(state, state["stop_reason"] or "")
+            return END
+        return self.sends(state)
+
+    @staticmethod
+    def sends(state: GraphState) -> list[Send]:
+        return [
+            Send(
+                "call",
+                {
+                    "run_id": state["run_id"],
+                    "step_index": state["step_index"],
+                    "instruction": state["instruction"],
+                    "messages": state["messages"],
+                    "call": call,
+                },
+            )
+            for call in state["calls"]
+        ]
+
+    # ---- call ----------------------------------------------------------------------------
+
+    async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        recorder = self.runs[payload["run_id"]]
+        plan: CallPlan = payload["call"]
+        expert = self.orch.experts[plan["expert"]]
+        generation = await recorder.call(
+            expert,
+            payload["messages"],
+            role="candidate",
+            step=payload["step_index"],
+            instruction=payload["instruction"],
+            sample=plan["sample"],
+            **self._params(expert.name, recorder.task, plan["params"]),
+        )
+        # The route fitted this call in the budget with the same estimate, so a refusal is an
+        # overrun of calls in flight: the call was not made and is no candidate.
+        return {"candidates": [] if refused(generation) else [generation]}
+
+    # ---- aggregate -----------------------------------------------------------------------
+
+    def _calls_left(
+        self, recorder: RunRecorder, state: GraphState, candidates: list[Generation]
+    ) -> int:
+        """Calls the step may still make: its call limit, the deadline, and the cost budget
+        paid at the price of the cheapest expert the step may use."""
+        steps = state.get("steps") or []
+        routing = self._routing_state(recorder, state["step_index"], steps, state.get("plan_step"))
+        estimates = [
+            self._estimate(v.name, state["messages"], recorder.task) for v in routing.candidates
+        ]
+        return _budget.calls_left(
+            recorder.task,
+            len(candidates),
+            recorder.usage,
+            min(estimates, default=None),
+            recorder.started_at,
+        )
+
+    async def aggregate(self, state: GraphState) -> dict[str, Any]:
+        recorder = self.runs[state["run_id"]]
+        task = recorder.task
+        index = state["step_index"]
+        decision = state["decision"]
+        assert decision is not None
+        candidates = state.get("candidates") or []
+        plan_step = state.get("plan_step")
+        answer_format = (
+            plan_step.answer_format if plan_step and plan_step.answer_format else task.answer_format
+        )
+        order = sorted(decision.scores, key=lambda n: decision.scores[n], reverse=True)
+        caller = recorder.caller(index, state["instruction"])
+        context = AggregationContext(
+            task=task,
+            instruction=state["instruction"],
+            answer_format=answer_format,
+            scores=dict(decision.scores),
+            order=order,
+            calls_left=self._calls_left(recorder, state, candidates),
+            round=state.get("round", 0),
+            step=index,
+            call=caller,
+        )
+        try:
+            result = await self.orch.aggregator.acombine(candidates, context)
+        except Exception as exc:  # noqa: BLE001 - a broken aggregator fails the step, not the run
+            result = StepResult(
+                aggregator=self.orch.aggregator.name,
+                stop_reason=f"aggregator failed: {type(exc).__name__}: {exc}",
+            )
+        recorder.count(_budget.uncounted(result.usage, caller.usage), index)
+        more = result.more
+        if more is None and result.failed:
+            more = self._fallback_request(candidates, order, plan_step, recorder)
+        if more is not None:
+            extra = self._extra_calls(more, candidates, recorder, state)
+            if extra:
+                return {
+                    "step_notes": [*(state.get("step_notes") or []), more.reason],
+                    "calls": extra,
+                    "round": state.get("round", 0) + 1,
+                    "candidates": [],
+                    "usage": recorder.usage,
+                }
+            stop_reason = (result.stop_reason + "; no budget for more samples").lstrip("; ")
+            result = result.model_copy(update={"stop_reason": stop_reason})
+        result = result.model_copy(update={"more": None})
+        if state.get("step_notes"):
+            result.meta["requests"] = list(state["step_notes"])
+        result.extra_calls = max(result.extra_calls, len(candidates) - len(decision.experts))
+        step = Step(
+            index=index,
+            instruction=state["instruction"],
+            decision=decision,
+            generations=list(candidates),
+            result=result,
+            usage=recorder.step_usage(index),
+        )
+        recorder.write(AggregateRecord(run_id=recorder.run_id, step=index, result=result))
+        recorder.write(
+            StepEnd(
+                run_id=recorder.run_id,
+                step=index,
+                instruction=step.instruction,
+                answer=result.comparable,
+                usage=step.usage,
+            )
+        )
+        return {
+            "steps": [*(state.get("steps") or []), step],
+            "step_index": index + 1,
+            "usage": recorder.usage,
+            "calls": [],
+            "round": 0,
+        }
+
+    def _fallback_request(
+        self,
+        candidates: list[Generation],
+        order: list[str],
+        plan_step: PlanStep | None,
+        recorder: RunRecorder,
+    ) -> SampleRequest | None:
+        """No usable answer: route around the failed experts to the next in the router's order."""
+        tried = {g.expert for g in candidates}
+        allowed = (
+            set(plan_step.experts) if plan_step and plan_step.experts else set(self.orch.experts)
+        )
+        for name in [*order, *self.orch.experts]:
+            if name in tried or name not in allowed or name not in self.orch.experts:
+                continue
+            if not recorder.health_of(name).usable:
+                continue
+            failed = ", ".join(sorted(tried))
+            return SampleRequest(
+                experts=[name], reason=f"no usable answer from {failed}; routing around to {name}"
+            )
+        return None
+
+    def _extra_calls(
+        self,
+        more: SampleRequest,
+        candidates: list[Generation],
+        recorder: RunRecorder,
+        state: GraphState,
+    ) -> list[CallPlan]:
+        next_sample: dict[str, int] = {}
+        for g in candidates:
+            next_sample[g.expert] = max(next_sample.get(g.expert, 0), g.sample + 1)
+        # Counted again: the aggregator's own calls (a fuser's) may have spent since.
+        left = self._calls_left(recorder, state, candidates)
+        names = [n for n in more.experts if n in self.orch.experts][:left]
+        fitting, _ = self._fit_cost(names, state["messages"], recorder, more.params)
+        plans: list[CallPlan] = []
+        for name in fitting:
+            sample = next_sample.get(name, 0)
+            next_sample[name] = sample + 1
+            plans.append({"expert": name, "sample": sample, "params": dict(more.params)})
+        return plans
+
+    @staticmethod
+    async def after_aggregate(state: GraphState) -> Any:
+        if state.get("round", 0) > 0 and state.get("calls"):
+            return Nodes.sends(state)
+        return "route"
