@@ -16,7 +16,8 @@ Run it with the built-in instant experts (no model download, answers at once)::
 
 or with any configuration file, e.g. the bundled local models::
 
-    python examples/langgraph_subgraph.py --config orchestrator/config/default.yaml "Capital of Italy?"
+    python examples/langgraph_subgraph.py --config orchestrator/config/default.yaml \\
+        "Capital of Italy?"
 
 Pass ``--stream`` to watch the orchestrator's own route/call/aggregate steps as a subgraph.
 """
@@ -35,7 +36,7 @@ from expertgraph.agents import CallableExpert
 from expertgraph.agents.tools import calculator
 from expertgraph.core.types import ExpertCard, RunResult, Task
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.integrations._chat import answer_experts
+from expertgraph.orchestrator.integrations import answer_experts
 from expertgraph.orchestrator.integrations.langgraph import add_orchestrator_node
 from expertgraph.policies.routing.fixed import AllExperts
 
@@ -58,7 +59,9 @@ def triage(state: Desk) -> Desk:
 
 
 def is_greeting(state: Desk) -> str:
-    return "canned" if state["question"].lower().rstrip("!. ") in {"hi", "hello", "hey"} else "experts"
+    return (
+        "canned" if state["question"].lower().rstrip("!. ") in {"hi", "hello", "hey"} else "experts"
+    )
 
 
 def canned(state: Desk) -> Desk:
@@ -67,7 +70,11 @@ def canned(state: Desk) -> Desk:
 
 def review(state: Desk) -> Desk:
     experts = state.get("experts") or []
-    note = "agreed by " + " and ".join(experts) if len(experts) > 1 else f"single expert: {', '.join(experts)}"
+    note = (
+        "agreed by " + " and ".join(experts)
+        if len(experts) > 1
+        else f"single expert: {', '.join(experts)}"
+    )
     return {"note": note}
 
 
@@ -126,11 +133,17 @@ def build(orchestrator: Orchestrator) -> Any:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question")
-    parser.add_argument("--config", help="an expertgraph config file (default: two instant calculators)")
-    parser.add_argument("--stream", action="store_true", help="print each node, subgraph steps included")
+    parser.add_argument(
+        "--config", help="an expertgraph config file (default: two instant calculators)"
+    )
+    parser.add_argument(
+        "--stream", action="store_true", help="print each node, subgraph steps included"
+    )
     args = parser.parse_args()
     orchestrator = (
-        Orchestrator.from_config(args.config) if args.config else instant_orchestrator(tempfile.mkdtemp(prefix="desk-traces-"))
+        Orchestrator.from_config(args.config)
+        if args.config
+        else instant_orchestrator(tempfile.mkdtemp(prefix="desk-traces-"))
     )
     graph = build(orchestrator)
     if args.stream:

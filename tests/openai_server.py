@@ -281,7 +281,14 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") in ("/v1/models", "/models"):
                 body = {
                     "object": "list",
-                    "data": [{"id": server.model, "object": "model", "created": 0, "owned_by": "loopback"}],
+                    "data": [
+                        {
+                            "id": server.model,
+                            "object": "model",
+                            "created": 0,
+                            "owned_by": "loopback",
+                        }
+                    ],
                 }
                 self._send_json(200, body, {})
             else:
@@ -325,7 +332,9 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 elif request.body.get("stream"):
                     self._send_stream(request, reply)
                 else:
-                    self._send_json(200, reply.body or _completion(server, request, reply), reply.headers)
+                    self._send_json(
+                        200, reply.body or _completion(server, request, reply), reply.headers
+                    )
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (its timeout)
 
@@ -357,13 +366,27 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             words = reply.text.split(" ")
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)] if reply.text else []
             chunks: list[dict[str, Any]] = [
-                {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
             ]
             chunks += [
                 {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
                 for p in pieces
             ]
-            chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}]})
+            chunks.append(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}],
+                }
+            )
             if (request.body.get("stream_options") or {}).get("include_usage"):
                 chunks.append({**base, "choices": [], "usage": completion["usage"]})
             for chunk in chunks:

@@ -17,6 +17,7 @@ here, and why:
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +35,11 @@ from pydantic import BaseModel
 from serve_experts import write_config
 
 from expertgraph.agents.callable import CallableExpert
+from expertgraph.core.errors import NoAnswerError
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.integrations._chat import NoAnswerError
 from expertgraph.orchestrator.integrations.langchain import ChatExpertGraph
 from expertgraph.policies.routing.fixed import AllExperts
-from expertgraph.traces.schema import CallRecord
+from expertgraph.traces.schema import CallRecord, RunStart
 from expertgraph.traces.store import iter_records
 
 # Class-level properties of the standard suites cannot use fixtures: the configs are written
@@ -49,7 +50,12 @@ MAIN = write_config(_ROOT, "main", {"reply_a": "reply", "reply_b": "reply"}, tra
 SECOND = write_config(_ROOT, "second", {"single": "reply"}, trace_dir=TRACES)
 SLOW = write_config(_ROOT, "slowpoke", {"slow": "slow"}, trace_dir=TRACES)
 ECHO = write_config(_ROOT, "textonly", {"echo": "echo"}, trace_dir=TRACES)
-PARAMS: dict[str, Any] = {"config": [str(MAIN), str(SECOND)], "model": "expertgraph/main", "aliases": False}
+SEEN = write_config(_ROOT, "seen", {"seen": "params_seen"}, trace_dir=TRACES)
+PARAMS: dict[str, Any] = {
+    "config": [str(MAIN), str(SECOND)],
+    "model": "expertgraph/main",
+    "aliases": False,
+}
 
 
 class TestChatExpertGraphUnit(ChatModelUnitTests):
@@ -118,10 +124,15 @@ def test_metadata_names_experts_and_usage_matches_trace() -> None:
 
 
 def test_chain_with_prompt_and_parser() -> None:
-    prompt = ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "Tell me about {topic}")])
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Be brief."), ("human", "Tell me about {topic}")]
+    )
     chain = prompt | _llm() | StrOutputParser()
     assert chain.invoke({"topic": "owls"}) == "echo: Tell me about owls"
-    assert chain.batch([{"topic": "a"}, {"topic": "b"}]) == ["echo: Tell me about a", "echo: Tell me about b"]
+    assert chain.batch([{"topic": "a"}, {"topic": "b"}]) == [
+        "echo: Tell me about a",
+        "echo: Tell me about b",
+    ]
 
 
 class Capital(BaseModel):
@@ -163,11 +174,39 @@ def test_agent_with_structured_response() -> None:
 def test_messages_roles_and_model_override() -> None:
     llm = _llm()
     message = llm.invoke(
-        [SystemMessage("sys"), HumanMessage("first"), AIMessage("ok"), HumanMessage("second", name="bob")],
+        [
+            SystemMessage("sys"),
+            HumanMessage("first"),
+            AIMessage("ok"),
+            HumanMessage("second", name="bob"),
+        ],
         model="expertgraph/second",
     )
     assert message.content == "echo: second"
     assert message.response_metadata["model_name"] == "expertgraph/second:single"
+
+
+def test_call_params_are_read_like_an_openai_request() -> None:
+    # One rule for every adapter: max_completion_tokens wins over max_tokens, a call's params
+    # over the model's, and the request's user lands in the trace.
+    llm = ChatExpertGraph(config=str(SEEN), aliases=False, max_tokens=50, temperature=0.2)
+    message = llm.invoke(
+        "x", stop=["\n\n"], seed=5, max_completion_tokens=7, temperature=0.4, user="ann"
+    )
+    seen = json.loads(str(message.content))
+    assert {k: seen[k] for k in ("max_tokens", "seed", "stop", "temperature")} == {
+        "max_tokens": 7,
+        "seed": 5,
+        "stop": ["\n\n"],
+        "temperature": 0.4,
+    }
+    start = next(iter(iter_records(message.response_metadata["trace_path"])))
+    assert isinstance(start, RunStart)
+    assert start.task.metadata == {
+        "source": "langchain",
+        "model": "expertgraph/seen",
+        "user": "ann",
+    }
 
 
 def test_stream_tokens_reach_callbacks() -> None:
@@ -188,7 +227,9 @@ def test_stream_tokens_reach_callbacks() -> None:
 
 
 def test_live_orchestrator_and_sync_call_inside_a_running_loop(tmp_path: Path) -> None:
-    orch = Orchestrator([CallableExpert("upper", str.upper)], AllExperts(), trace_dir=tmp_path, name="live")
+    orch = Orchestrator(
+        [CallableExpert("upper", str.upper)], AllExperts(), trace_dir=tmp_path, name="live"
+    )
     llm = ChatExpertGraph(orchestrator=orch)
 
     async def inside() -> tuple[str, str]:
@@ -206,7 +247,10 @@ def test_timeout_is_a_run_deadline() -> None:
     with pytest.raises(NoAnswerError):
         llm.invoke("too slow")
     assert time.perf_counter() - started < 0.4 + 1.0  # did not wait for the 0.4 s expert plus slack
-    assert ChatExpertGraph(config=str(SLOW), aliases=False, timeout=5).invoke("fine").content == "slow: fine"
+    assert (
+        ChatExpertGraph(config=str(SLOW), aliases=False, timeout=5).invoke("fine").content
+        == "slow: fine"
+    )
 
 
 def test_configuration_errors() -> None:

@@ -1,4 +1,6 @@
-"""expertgraph as a LiteLLM custom provider: ``litellm.completion(model="expertgraph/<config>")`` in process."""
+"""expertgraph as a LiteLLM custom provider: ``litellm.completion(model="expertgraph/<config>")``
+in process.
+"""
 
 from __future__ import annotations
 
@@ -61,12 +63,20 @@ def test_completion_names_experts_and_sums_usage(handler: ExpertGraphLLM, config
 def test_bare_config_name_and_registration_replaces(handler: ExpertGraphLLM, configs: Path) -> None:
     register(configs=[configs], aliases=False)  # again: one entry, not two
     assert [p["provider"] for p in litellm.custom_provider_map].count("expertgraph") == 1
-    assert litellm.completion(model="expertgraph/main", messages=_user("x")).choices[0].message.content == "echo: x"
+    assert (
+        litellm.completion(model="expertgraph/main", messages=_user("x")).choices[0].message.content
+        == "echo: x"
+    )
 
 
 def test_params_reach_experts(handler: ExpertGraphLLM) -> None:
     response = litellm.completion(
-        model="expertgraph/params", messages=_user("x"), max_tokens=9, temperature=0.3, stop=["\n\n"], seed=5
+        model="expertgraph/params",
+        messages=_user("x"),
+        max_tokens=9,
+        temperature=0.3,
+        stop=["\n\n"],
+        seed=5,
     )
     seen = json.loads(response.choices[0].message.content)
     # (a stop sequence that JSON escapes: the answer is also cut at stop sequences)
@@ -74,9 +84,13 @@ def test_params_reach_experts(handler: ExpertGraphLLM) -> None:
 
 
 def test_stop_sequence_and_length(handler: ExpertGraphLLM) -> None:
-    cut = litellm.completion(model="expertgraph/main", messages=_user("alpha beta gamma"), stop=["gamma"])
+    cut = litellm.completion(
+        model="expertgraph/main", messages=_user("alpha beta gamma"), stop=["gamma"]
+    )
     assert cut.choices[0].message.content == "echo: alpha beta "
-    short = litellm.completion(model="expertgraph/main", messages=_user("alpha beta gamma"), max_tokens=2)
+    short = litellm.completion(
+        model="expertgraph/main", messages=_user("alpha beta gamma"), max_tokens=2
+    )
     assert short.choices[0].message.content == "echo: alpha"
     assert short.choices[0].finish_reason == "length"
 
@@ -84,19 +98,31 @@ def test_stop_sequence_and_length(handler: ExpertGraphLLM) -> None:
 def test_streaming_sync_and_async(handler: ExpertGraphLLM) -> None:
     chunks = list(
         litellm.completion(
-            model="expertgraph/main", messages=_user(PROMPT), stream=True, stream_options={"include_usage": True}
+            model="expertgraph/main",
+            messages=_user(PROMPT),
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert len(chunks) >= 3
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: " + PROMPT
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: " + PROMPT
+    )
     about = chunks[0].choices[0].delta.provider_specific_fields
-    assert about["model"] == "expertgraph/main:echo_a+echo_b" and about["experts"] == ["echo_a", "echo_b"]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert about["model"] == "expertgraph/main:echo_a+echo_b" and about["experts"] == [
+        "echo_a",
+        "echo_b",
+    ]
+    assert [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ] == ["stop"]
     assert any(getattr(c, "usage", None) is not None and c.usage.total_tokens > 0 for c in chunks)
 
     async def main() -> tuple[str, str]:
         plain = await litellm.acompletion(model="expertgraph/main", messages=_user("async"))
-        stream = await litellm.acompletion(model="expertgraph/main", messages=_user("async stream"), stream=True)
+        stream = await litellm.acompletion(
+            model="expertgraph/main", messages=_user("async stream"), stream=True
+        )
         text = "".join([c.choices[0].delta.content or "" async for c in stream])
         return str(plain.choices[0].message.content), text
 
@@ -104,13 +130,28 @@ def test_streaming_sync_and_async(handler: ExpertGraphLLM) -> None:
 
 
 def test_response_format_json_schema(handler: ExpertGraphLLM) -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}},
+    }
     response = litellm.completion(
         model="expertgraph/json",
         messages=_user("Lima"),
         response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
     )
     assert json.loads(response.choices[0].message.content) == {"city": "Lima city", "rank": 42}
+
+
+def test_unknown_response_format_is_refused_not_ignored(handler: ExpertGraphLLM) -> None:
+    # The same rule as the server and the LangChain model: JSON asked in a shape we do not
+    # know is an error, never a plain-text answer.
+    with pytest.raises(Exception, match="response_format must be an OpenAI response_format"):
+        litellm.completion(
+            model="expertgraph/json",
+            messages=_user("x"),
+            response_format={"type": "xml"},
+            num_retries=0,
+        )
 
 
 def test_failures_are_errors_that_name_the_run(handler: ExpertGraphLLM) -> None:
@@ -123,7 +164,9 @@ def test_failures_are_errors_that_name_the_run(handler: ExpertGraphLLM) -> None:
 def test_live_orchestrator(tmp_path: Path) -> None:
     saved = list(litellm.custom_provider_map)
     try:
-        orch = Orchestrator([CallableExpert("upper", str.upper)], AllExperts(), trace_dir=tmp_path, name="live")
+        orch = Orchestrator(
+            [CallableExpert("upper", str.upper)], AllExperts(), trace_dir=tmp_path, name="live"
+        )
         register(orch)
         response = litellm.completion(model="expertgraph/live", messages=_user("shout"))
         assert response.choices[0].message.content == "SHOUT"
@@ -132,20 +175,32 @@ def test_live_orchestrator(tmp_path: Path) -> None:
         litellm.custom_provider_map = saved
 
 
-def test_proxy_handler_as_the_litellm_proxy_loads_it(configs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a LiteLLM proxy does with ``custom_handler: expertgraph.orchestrator.integrations.litellm.proxy_handler``.
+def test_proxy_handler_as_the_litellm_proxy_loads_it(
+    configs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a LiteLLM proxy does with
+    ``custom_handler: expertgraph.orchestrator.integrations.litellm.proxy_handler``.
 
     The proxy itself (``litellm[proxy]``) is not installed here; its loader and its router are.
     """
     from litellm.proxy.types_utils.utils import get_instance_fn
 
     monkeypatch.setenv(CONFIG_ENV, str(configs / "main.yaml"))
-    proxy_handler = get_instance_fn("expertgraph.orchestrator.integrations.litellm.proxy_handler", config_file_path=str(configs / "proxy.yaml"))
+    proxy_handler = get_instance_fn(
+        "expertgraph.orchestrator.integrations.litellm.proxy_handler",
+        config_file_path=str(configs / "proxy.yaml"),
+    )
     assert isinstance(proxy_handler, ExpertGraphLLM)
     saved = list(litellm.custom_provider_map)
-    monkeypatch.setattr(litellm, "custom_provider_map", [{"provider": "expertgraph", "custom_handler": proxy_handler}])
+    monkeypatch.setattr(
+        litellm,
+        "custom_provider_map",
+        [{"provider": "expertgraph", "custom_handler": proxy_handler}],
+    )
     try:
-        router = litellm.Router(model_list=[{"model_name": "routed", "litellm_params": {"model": "expertgraph/main"}}])
+        router = litellm.Router(
+            model_list=[{"model_name": "routed", "litellm_params": {"model": "expertgraph/main"}}]
+        )
         response = router.completion(model="routed", messages=_user("via the router"))
         assert response.choices[0].message.content == "echo: via the router"
         assert response.model.endswith("expertgraph/main:echo_a+echo_b")

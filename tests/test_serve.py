@@ -17,9 +17,9 @@ import httpx
 import pytest
 from serve_experts import write_config
 
-from expertgraph.core.errors import ConfigError
+from expertgraph.core.errors import ConfigError, UnknownModelError
 from expertgraph.orchestrator import Orchestrator, RunEvent
-from expertgraph.orchestrator.integrations.catalog import ModelCatalog, UnknownModelError
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog
 from expertgraph.orchestrator.integrations.server import (
     TRACE_HEADER,
     ServerThread,
@@ -43,7 +43,9 @@ def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     traces = root / "traces"
     # 'pair': two experts that agree, so both are named as the answer's experts.
     write_config(configs, "pair", {"echo_a": "echo", "echo_b": "echo"}, trace_dir=traces)
-    write_config(configs, "solo", {"echo": "echo", "shout": "shout"}, policy="fixed:shout", trace_dir=traces)
+    write_config(
+        configs, "solo", {"echo": "echo", "shout": "shout"}, policy="fixed:shout", trace_dir=traces
+    )
     write_config(configs, "params", {"seen": "params_seen"}, trace_dir=traces)
     write_config(configs, "down", {"broken": "broken"}, trace_dir=traces)
     write_config(configs, "slow", {"slow": "slow"}, trace_dir=traces)
@@ -85,7 +87,11 @@ def sse_events(response: httpx.Response) -> list[Any]:
 
 
 def trace_usage(config_dir: Path, run_id: str) -> tuple[int, int, int]:
-    calls = [r for r in iter_records(config_dir / "traces" / f"{run_id}.jsonl") if isinstance(r, CallRecord)]
+    calls = [
+        r
+        for r in iter_records(config_dir / "traces" / f"{run_id}.jsonl")
+        if isinstance(r, CallRecord)
+    ]
     return (
         sum(r.generation.input_tokens for r in calls),
         sum(r.generation.output_tokens for r in calls),
@@ -105,6 +111,10 @@ def test_catalog_names_configs_and_policy_aliases(catalog: ModelCatalog) -> None
     assert "expertgraph/embedding" in ids and "expertgraph/all" in ids
     alias = catalog.resolve("expertgraph/embedding")
     assert alias.alias_of == "down" and alias.experts == ["broken"]
+    # An alias is the first config with another policy, over the same expert objects.
+    target = catalog.resolve("expertgraph/down")
+    assert alias.orchestrator is not target.orchestrator
+    assert alias.orchestrator.experts["broken"] is target.orchestrator.experts["broken"]
     assert catalog.resolve("expertgraph").name == "down"  # the first config
     assert catalog.resolve("expertgraph/pair:echo_a+echo_b").name == "pair"
     assert catalog.resolve("pair").name == "pair"
@@ -138,18 +148,28 @@ def test_health_and_models(client: httpx.Client, catalog: ModelCatalog) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
-def test_completion_names_experts_sums_usage_and_traces(client: httpx.Client, config_dir: Path) -> None:
+def test_completion_names_experts_sums_usage_and_traces(
+    client: httpx.Client, config_dir: Path
+) -> None:
     response = client.post("/v1/chat/completions", json=chat("expertgraph/pair", "hello there"))
     assert response.status_code == 200
     body = response.json()
     run_id = response.headers[TRACE_HEADER]
     assert body["id"] == f"chatcmpl-{run_id}"
     assert body["model"] == "expertgraph/pair:echo_a+echo_b"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "echo: hello there", "refusal": None}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "echo: hello there",
+        "refusal": None,
+    }
     assert body["choices"][0]["finish_reason"] == "stop"
     prompt, completion, calls = trace_usage(config_dir, run_id)
     assert calls == 2 and completion > 0
-    assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    assert body["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
     assert body["expertgraph"]["run_id"] == run_id and body["expertgraph"]["calls"] == 2
 
 
@@ -170,13 +190,17 @@ def test_request_params_reach_experts(client: httpx.Client) -> None:
 
 
 def test_max_tokens_cut_reports_length(client: httpx.Client) -> None:
-    body = client.post("/v1/chat/completions", json=chat("expertgraph/pair", "one two three four", max_tokens=2)).json()
+    body = client.post(
+        "/v1/chat/completions", json=chat("expertgraph/pair", "one two three four", max_tokens=2)
+    ).json()
     assert body["choices"][0]["message"]["content"] == "echo: one"
     assert body["choices"][0]["finish_reason"] == "length"
 
 
 def test_stop_sequence_cuts_answer(client: httpx.Client) -> None:
-    body = client.post("/v1/chat/completions", json=chat("expertgraph/pair", "alpha beta gamma", stop="gamma")).json()
+    body = client.post(
+        "/v1/chat/completions", json=chat("expertgraph/pair", "alpha beta gamma", stop="gamma")
+    ).json()
     assert body["choices"][0]["message"]["content"] == "echo: alpha beta "
     assert body["choices"][0]["finish_reason"] == "stop"
 
@@ -194,7 +218,9 @@ def test_stream_matches_plain_completion(client: httpx.Client, config_dir: Path)
     events = sse_events(response)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == f"chatcmpl-{run_id}" for c in chunks)
+    assert all(
+        c["object"] == "chat.completion.chunk" and c["id"] == f"chatcmpl-{run_id}" for c in chunks
+    )
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert content == plain["choices"][0]["message"]["content"]
@@ -204,12 +230,18 @@ def test_stream_matches_plain_completion(client: httpx.Client, config_dir: Path)
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
     prompt, completion, _ = trace_usage(config_dir, run_id)
-    assert usage_chunk["usage"] == {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
     assert usage_chunk["model"] == "expertgraph/pair:echo_a+echo_b"
 
 
 def test_stream_without_include_usage_has_no_usage(client: httpx.Client) -> None:
-    events = sse_events(client.post("/v1/chat/completions", json=chat("expertgraph/pair", "hi", stream=True)))
+    events = sse_events(
+        client.post("/v1/chat/completions", json=chat("expertgraph/pair", "hi", stream=True))
+    )
     assert events[-1] == "[DONE]"
     assert all("usage" not in c for c in events[:-1])
 
@@ -222,23 +254,41 @@ def test_stream_without_include_usage_has_no_usage(client: httpx.Client) -> None
     [
         ({"model": "expertgraph/pair"}, "messages"),
         ({"model": "expertgraph/pair", "messages": []}, "messages"),
-        (chat("expertgraph/pair", "x") | {"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-        (chat("expertgraph/pair", "x") | {"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        (
+            chat("expertgraph/pair", "x") | {"messages": [{"role": "user", "content": 5}]},
+            "messages.0.content",
+        ),
+        (
+            chat("expertgraph/pair", "x") | {"messages": [{"role": "wizard", "content": "x"}]},
+            "messages.0.role",
+        ),
         (chat("expertgraph/pair", "x", temperature=3), "temperature"),
         (chat("expertgraph/pair", "x", n=2), "n"),
         (chat("expertgraph/pair", "x", max_tokens=65), "max_tokens"),
         (chat("expertgraph/pair", "x", max_completion_tokens=1000), "max_completion_tokens"),
         (chat("expertgraph/pair", "x", logprobs=True), "logprobs"),
         (chat("expertgraph/pair", "x", tool_choice="required"), "tool_choice"),
-        (chat("expertgraph/pair", "x", response_format={"type": "json_schema"}), "response_format.json_schema"),
+        (
+            chat("expertgraph/pair", "x", response_format={"type": "json_schema"}),
+            "response_format.json_schema",
+        ),
         (
             chat("expertgraph/pair", "x")
-            | {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+            | {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x"}}],
+                    }
+                ]
+            },
             "messages.0.content",
         ),
     ],
 )
-def test_invalid_fields_get_400_naming_the_field(client: httpx.Client, payload: dict[str, Any], param: str) -> None:
+def test_invalid_fields_get_400_naming_the_field(
+    client: httpx.Client, payload: dict[str, Any], param: str
+) -> None:
     response = client.post("/v1/chat/completions", json=payload)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
@@ -250,13 +300,17 @@ def test_invalid_fields_get_400_naming_the_field(client: httpx.Client, payload: 
 
 def test_lone_surrogate_is_a_400_not_a_500(client: httpx.Client) -> None:
     raw = b'{"model": "expertgraph/pair", "messages": [{"role": "user", "content": "\\ud800"}]}'
-    response = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "messages.0.content"
 
 
 def test_invalid_json_gets_400(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
 
@@ -292,12 +346,18 @@ def test_failing_experts_get_502_with_trace(client: httpx.Client, config_dir: Pa
     assert error["code"] == "no_answer" and error["type"] == "expert_error"
     run_id = response.headers[TRACE_HEADER]
     assert run_id in error["message"]
-    calls = [r for r in iter_records(config_dir / "traces" / f"{run_id}.jsonl") if isinstance(r, CallRecord)]
+    calls = [
+        r
+        for r in iter_records(config_dir / "traces" / f"{run_id}.jsonl")
+        if isinstance(r, CallRecord)
+    ]
     assert calls and all(r.generation.error is not None for r in calls)
 
 
 def test_failing_experts_mid_stream_give_error_event_then_done(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", json=chat("expertgraph/down", "anyone?", stream=True))
+    response = client.post(
+        "/v1/chat/completions", json=chat("expertgraph/down", "anyone?", stream=True)
+    )
     assert response.status_code == 200  # the role chunk went out before the run failed
     events = sse_events(response)
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
@@ -325,7 +385,9 @@ def test_crash_is_500_before_first_byte_and_error_event_after(config_dir: Path) 
         [CallableExpert("e", lambda text: text)], AllExperts(), trace_dir=config_dir / "traces"
     )
     with ServerThread(create_app(ModelCatalog.from_orchestrators({"crash": orch}))) as srv:
-        plain = httpx.post(f"{srv.url}/v1/chat/completions", json=chat("expertgraph/crash", "x"), timeout=30)
+        plain = httpx.post(
+            f"{srv.url}/v1/chat/completions", json=chat("expertgraph/crash", "x"), timeout=30
+        )
         assert plain.status_code == 500
         assert plain.json()["error"] == {
             "message": "internal error: RuntimeError",
@@ -333,7 +395,11 @@ def test_crash_is_500_before_first_byte_and_error_event_after(config_dir: Path) 
             "param": None,
             "code": "internal_error",
         }
-        streamed = httpx.post(f"{srv.url}/v1/chat/completions", json=chat("expertgraph/crash", "x", stream=True), timeout=30)
+        streamed = httpx.post(
+            f"{srv.url}/v1/chat/completions",
+            json=chat("expertgraph/crash", "x", stream=True),
+            timeout=30,
+        )
         events = sse_events(streamed)
         assert events[-2]["error"]["code"] == "run_failed" and "boom" not in json.dumps(events[-2])
         assert events[-1] == "[DONE]"
@@ -347,7 +413,10 @@ def test_requests_run_concurrently(server: ServerThread) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
             started = time.perf_counter()
             responses = await asyncio.gather(
-                *(c.post("/v1/chat/completions", json=chat("expertgraph/slow", f"n{i}")) for i in range(8))
+                *(
+                    c.post("/v1/chat/completions", json=chat("expertgraph/slow", f"n{i}"))
+                    for i in range(8)
+                )
             )
             return time.perf_counter() - started, [r.status_code for r in responses]
 
@@ -391,7 +460,12 @@ def test_wrong_or_missing_key_gets_401_and_nothing_else(catalog: ModelCatalog) -
     with ServerThread(create_app(catalog, settings)) as srv:
         good = {"authorization": f"Bearer {KEY}"}
         assert httpx.get(f"{srv.url}/health").status_code == 200  # liveness needs no key
-        for headers in ({}, {"authorization": "Bearer sk-wrong-00000000"}, {"authorization": KEY}, {"authorization": "Basic abc"}):
+        for headers in (
+            {},
+            {"authorization": "Bearer sk-wrong-00000000"},
+            {"authorization": KEY},
+            {"authorization": "Basic abc"},
+        ):
             for method, path, body in (
                 ("GET", "/v1/models", None),
                 ("POST", "/v1/chat/completions", chat("expertgraph/pair", "x")),
@@ -403,7 +477,12 @@ def test_wrong_or_missing_key_gets_401_and_nothing_else(catalog: ModelCatalog) -
                 assert TRACE_HEADER.lower() not in r.headers
                 text = r.text
                 assert not any(name in text for name in ("echo", "shout", "pair", "expertgraph/"))
-        ok = httpx.post(f"{srv.url}/v1/chat/completions", json=chat("expertgraph/pair", "x"), headers=good, timeout=30)
+        ok = httpx.post(
+            f"{srv.url}/v1/chat/completions",
+            json=chat("expertgraph/pair", "x"),
+            headers=good,
+            timeout=30,
+        )
         assert ok.status_code == 200 and ok.json()["model"] == "expertgraph/pair:echo_a+echo_b"
         schema = httpx.get(f"{srv.url}/openapi.json").json()
         assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
@@ -428,9 +507,22 @@ def _cli_env(**extra: str) -> dict[str, str]:
 def test_cli_refuses_public_bind_without_keys(config_dir: Path) -> None:
     port = _free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "expertgraph.orchestrator.cli", "serve", "--config", str(config_dir / "configs"),
-         "--host", "0.0.0.0", "--port", str(port)],
-        env=_cli_env(), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "expertgraph.orchestrator.cli",
+            "serve",
+            "--config",
+            str(config_dir / "configs"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+        ],
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "refusing to listen on '0.0.0.0' without API keys" in proc.stderr
@@ -443,9 +535,26 @@ def test_cli_serves_end_to_end(config_dir: Path, tmp_path: Path) -> None:
     key_file = tmp_path / "keys"
     key_file.write_text(KEY + "\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "expertgraph.orchestrator.cli", "serve", "--config", str(config_dir / "configs" / "pair.yaml"),
-         "--port", str(port), "--api-key-file", str(key_file), "--aliases", "none", "--log-level", "warning"],
-        env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "expertgraph.orchestrator.cli",
+            "serve",
+            "--config",
+            str(config_dir / "configs" / "pair.yaml"),
+            "--port",
+            str(port),
+            "--api-key-file",
+            str(key_file),
+            "--aliases",
+            "none",
+            "--log-level",
+            "warning",
+        ],
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -460,12 +569,22 @@ def test_cli_serves_end_to_end(config_dir: Path, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.2)
         headers = {"authorization": f"Bearer {KEY}"}
-        assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers).json()["data"]] == ["expertgraph/pair"]
-        r = httpx.post(url + "/v1/chat/completions", json=chat("expertgraph/pair", "from the cli"), headers=headers, timeout=30)
+        assert [m["id"] for m in httpx.get(url + "/v1/models", headers=headers).json()["data"]] == [
+            "expertgraph/pair"
+        ]
+        r = httpx.post(
+            url + "/v1/chat/completions",
+            json=chat("expertgraph/pair", "from the cli"),
+            headers=headers,
+            timeout=30,
+        )
         assert r.status_code == 200
         assert r.json()["choices"][0]["message"]["content"] == "echo: from the cli"
         assert (config_dir / "traces" / f"{r.headers[TRACE_HEADER]}.jsonl").exists()
-        assert httpx.post(url + "/v1/chat/completions", json=chat("expertgraph/pair", "x")).status_code == 401
+        assert (
+            httpx.post(url + "/v1/chat/completions", json=chat("expertgraph/pair", "x")).status_code
+            == 401
+        )
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -479,8 +598,11 @@ def test_cli_serves_end_to_end(config_dir: Path, tmp_path: Path) -> None:
 def test_local_smollm2_behind_serve(tmp_path: Path) -> None:
     config = tmp_path / "small.yaml"
     config.write_text(
-        "name: small\nexperts:\n  - name: smollm2\n    kind: local\n    model: smollm2-135m\n    num_threads: 1\n"
-        f"policy: {{name: fixed, experts: [smollm2]}}\ndefaults: {{max_tokens: 8, temperature: 0}}\ntrace: {{dir: {tmp_path / 'traces'}}}\n"
+        "name: small\nexperts:\n  - name: smollm2\n    kind: local\n    model: smollm2-135m\n"
+        "    num_threads: 1\n"
+        "policy: {name: fixed, experts: [smollm2]}\n"
+        "defaults: {max_tokens: 8, temperature: 0}\n"
+        f"trace: {{dir: {tmp_path / 'traces'}}}\n"
     )
     catalog = ModelCatalog.from_paths([config], aliases=False)
     with ServerThread(create_app(catalog)) as srv:
@@ -492,8 +614,56 @@ def test_local_smollm2_behind_serve(tmp_path: Path) -> None:
         assert body["choices"][0]["message"]["content"].strip()
         assert 0 < body["usage"]["completion_tokens"] <= 8 and body["usage"]["prompt_tokens"] > 0
         streamed = sse_events(
-            httpx.post(f"{srv.url}/v1/chat/completions", json=request | {"stream": True}, timeout=300)
+            httpx.post(
+                f"{srv.url}/v1/chat/completions", json=request | {"stream": True}, timeout=300
+            )
         )
         assert streamed[-1] == "[DONE]"
-        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in streamed[:-1] if c["choices"])
+        content = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in streamed[:-1] if c["choices"]
+        )
         assert content == body["choices"][0]["message"]["content"]  # greedy: same answer twice
+
+
+@pytest.mark.models
+def test_cli_serves_the_built_in_config_without_config(tmp_path: Path) -> None:
+    # No --config and no ./expertgraph.yaml: the configuration `expertgraph run` uses.
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "expertgraph.orchestrator.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=tmp_path,
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                listed = httpx.get(url + "/v1/models", timeout=1)
+                if listed.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.5)
+        ids = [m["id"] for m in listed.json()["data"]]
+        assert ids[0] == "expertgraph/local"  # the built-in config's name, served first
+        assert httpx.get(url + "/v1/models/expertgraph/local", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "the following arguments are required" not in err
+    assert "serving expertgraph/local" in err

@@ -1,4 +1,5 @@
-"""The official clients against ``expertgraph serve`` on loopback: openai, LangChain's ChatOpenAI, litellm.
+"""The official clients against ``expertgraph serve`` on loopback: openai, LangChain's
+ChatOpenAI, litellm.
 
 Each completes a chat plainly and streaming, and parses the response without error. The
 server requires a key (as it would off loopback), so each client's own key handling is used.
@@ -41,7 +42,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, traces: Path) -> Iterator[S
 
 def usage_in_trace(traces: Path, run_id: str) -> tuple[int, int]:
     calls = [r for r in iter_records(traces / f"{run_id}.jsonl") if isinstance(r, CallRecord)]
-    return sum(r.generation.input_tokens for r in calls), sum(r.generation.output_tokens for r in calls)
+    return sum(r.generation.input_tokens for r in calls), sum(
+        r.generation.output_tokens for r in calls
+    )
 
 
 # ---- openai ------------------------------------------------------------------------------------
@@ -72,12 +75,19 @@ def test_openai_sdk(server: ServerThread, traces: Path) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWER
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
-    assert [m.id for m in client.models.list()] == ["expertgraph/json", "expertgraph/pair"]  # sorted files
+    assert [m.id for m in client.models.list()] == [
+        "expertgraph/json",
+        "expertgraph/pair",
+    ]  # sorted files
 
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong-key-000", max_retries=0).models.list()
+        openai.OpenAI(
+            base_url=server.url + "/v1", api_key="sk-wrong-key-000", max_retries=0
+        ).models.list()
     with pytest.raises(openai.NotFoundError) as err:
-        client.chat.completions.create(model="expertgraph/nope", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="expertgraph/nope", messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.code == "model_not_found"
 
 
@@ -88,7 +98,9 @@ def test_openai_async_client_concurrently(server: ServerThread) -> None:
         client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
         results = await asyncio.gather(
             *(
-                client.chat.completions.create(model="expertgraph/pair", messages=[{"role": "user", "content": f"q{i}"}])
+                client.chat.completions.create(
+                    model="expertgraph/pair", messages=[{"role": "user", "content": f"q{i}"}]
+                )
                 for i in range(6)
             )
         )
@@ -122,7 +134,13 @@ def test_openai_structured_output_parse(server: ServerThread) -> None:
 def test_langchain_chat_openai(server: ServerThread) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model="expertgraph/pair", base_url=server.url + "/v1", api_key=KEY, max_retries=0, stream_usage=True)
+    llm = ChatOpenAI(
+        model="expertgraph/pair",
+        base_url=server.url + "/v1",
+        api_key=KEY,
+        max_retries=0,
+        stream_usage=True,
+    )
     message = llm.invoke(PROMPT)
     assert message.content == ANSWER
     assert message.response_metadata["model_name"] == "expertgraph/pair:echo_a+echo_b"
@@ -134,7 +152,10 @@ def test_langchain_chat_openai(server: ServerThread) -> None:
     for chunk in chunks[1:]:
         full = full + chunk
     assert full.content == ANSWER
-    assert full.usage_metadata is not None and full.usage_metadata["total_tokens"] == message.usage_metadata["total_tokens"]
+    assert (
+        full.usage_metadata is not None
+        and full.usage_metadata["total_tokens"] == message.usage_metadata["total_tokens"]
+    )
 
 
 def test_langchain_chat_openai_async_and_structured(server: ServerThread) -> None:
@@ -144,12 +165,19 @@ def test_langchain_chat_openai_async_and_structured(server: ServerThread) -> Non
         setup: str
         punchline: str
 
-    llm = ChatOpenAI(model="expertgraph/json", base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    llm = ChatOpenAI(
+        model="expertgraph/json", base_url=server.url + "/v1", api_key=KEY, max_retries=0
+    )
     joke = llm.with_structured_output(Joke).invoke("cats")
     assert isinstance(joke, Joke) and joke.setup.startswith("cats")
 
     async def main() -> str:
-        parts = [c.content async for c in ChatOpenAI(model="expertgraph/pair", base_url=server.url + "/v1", api_key=KEY).astream("hi")]
+        parts = [
+            c.content
+            async for c in ChatOpenAI(
+                model="expertgraph/pair", base_url=server.url + "/v1", api_key=KEY
+            ).astream("hi")
+        ]
         return "".join(str(p) for p in parts)
 
     assert asyncio.run(main()) == "echo: hi"
@@ -163,7 +191,9 @@ def test_litellm_client(server: ServerThread) -> None:
 
     litellm = import_litellm()
     kwargs = {"api_base": server.url + "/v1", "api_key": KEY, "num_retries": 0}
-    response = litellm.completion(model="openai/expertgraph/pair", messages=[{"role": "user", "content": PROMPT}], **kwargs)
+    response = litellm.completion(
+        model="openai/expertgraph/pair", messages=[{"role": "user", "content": PROMPT}], **kwargs
+    )
     assert response.choices[0].message.content == ANSWER
     assert response.model.endswith("expertgraph/pair:echo_a+echo_b")
     assert response.usage.completion_tokens > 0
@@ -180,7 +210,11 @@ def test_litellm_client(server: ServerThread) -> None:
     assert any(getattr(c, "usage", None) is not None and c.usage.total_tokens > 0 for c in chunks)
 
     async def main() -> str:
-        r = await litellm.acompletion(model="openai/expertgraph/pair", messages=[{"role": "user", "content": "async"}], **kwargs)
+        r = await litellm.acompletion(
+            model="openai/expertgraph/pair",
+            messages=[{"role": "user", "content": "async"}],
+            **kwargs,
+        )
         return str(r.choices[0].message.content)
 
     assert asyncio.run(main()) == "echo: async"

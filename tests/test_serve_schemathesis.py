@@ -2,10 +2,10 @@
 
 ``st run`` (the schemathesis CLI: its examples, coverage, fuzzing and stateful phases, every
 check) runs against a real loopback server, at most 50 generated examples per operation and
-phase, deterministically (the same cases each run). It must report no failure and no error: no 5xx, status codes,
-content types, headers and bodies as the schema declares them, schema-valid requests accepted,
-invalid ones rejected, auth not ignored. Once without keys (loopback) and once with keys, where
-the schema declares bearer auth.
+phase, deterministically (the same cases each run). It must report no failure and no error:
+no 5xx, status codes, content types, headers and bodies as the schema declares them,
+schema-valid requests accepted, invalid ones rejected, auth not ignored. Once without keys
+(loopback) and once with keys, where the schema declares bearer auth.
 
 The schemathesis pytest plugin (``schemathesis.pytest.from_fixture``) does not work with
 pytest 9 (it reads ``Function._nodeid``, which pytest 9 removed), hence the CLI.
@@ -52,7 +52,11 @@ def _catalog(root: Path) -> ModelCatalog:
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    with ServerThread(create_app(_catalog(tmp_path_factory.mktemp("st-open")), ServeSettings(max_tokens_limit=512))) as srv:
+    with ServerThread(
+        create_app(
+            _catalog(tmp_path_factory.mktemp("st-open")), ServeSettings(max_tokens_limit=512)
+        )
+    ) as srv:
         yield srv
 
 
@@ -102,12 +106,16 @@ def test_keyed_server_conforms(keyed_server: ServerThread, tmp_path: Path) -> No
     assert _tested(out) > 200
 
 
-def test_schema_declares_what_the_server_does(open_server: ServerThread, keyed_server: ServerThread) -> None:
+def test_schema_declares_what_the_server_does(
+    open_server: ServerThread, keyed_server: ServerThread
+) -> None:
     raw = httpx.get(open_server.url + "/openapi.json").json()
     chat = raw["paths"]["/v1/chat/completions"]["post"]
     assert set(chat["responses"]) >= {"200", "400", "404", "413", "502"}
     assert "422" not in chat["responses"]
-    assert chat["responses"]["200"]["content"]["text/event-stream"]["schema"]["required"] == ["data"]
+    assert chat["responses"]["200"]["content"]["text/event-stream"]["schema"]["required"] == [
+        "data"
+    ]
     request = raw["components"]["schemas"]["ChatCompletionRequest"]["properties"]
     integer = next(o for o in request["max_tokens"]["anyOf"] if o.get("type") == "integer")
     assert integer["maximum"] == 512

@@ -15,9 +15,10 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from serve_experts import write_config
 
+from expertgraph.core.errors import NoAnswerError
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator import Orchestrator
-from expertgraph.orchestrator.integrations._chat import NoAnswerError, answer_experts
+from expertgraph.orchestrator.integrations import answer_experts
 from expertgraph.orchestrator.integrations.langgraph import add_orchestrator_node
 from expertgraph.traces.schema import CallRecord, RunStart
 from expertgraph.traces.store import iter_records
@@ -28,13 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def orch(tmp_path_factory: pytest.TempPathFactory) -> Orchestrator:
     root = tmp_path_factory.mktemp("subgraph")
-    return Orchestrator.from_config(write_config(root, "pair", {"echo_a": "echo", "echo_b": "echo"}, trace_dir=root / "traces"))
+    return Orchestrator.from_config(
+        write_config(root, "pair", {"echo_a": "echo", "echo_b": "echo"}, trace_dir=root / "traces")
+    )
 
 
 @pytest.fixture(scope="module")
 def down(tmp_path_factory: pytest.TempPathFactory) -> Orchestrator:
     root = tmp_path_factory.mktemp("subgraph-down")
-    return Orchestrator.from_config(write_config(root, "down", {"broken": "broken"}, trace_dir=root / "traces"))
+    return Orchestrator.from_config(
+        write_config(root, "down", {"broken": "broken"}, trace_dir=root / "traces")
+    )
 
 
 def _chat_graph(orch: Orchestrator, checkpointer: Any = None) -> Any:
@@ -42,11 +47,15 @@ def _chat_graph(orch: Orchestrator, checkpointer: Any = None) -> Any:
 
     def clean(state: MessagesState) -> dict[str, Any]:
         last = state["messages"][-1]
-        return {"messages": [HumanMessage(str(last.content).strip().lower(), id=last.id)]}  # replaces it
+        return {
+            "messages": [HumanMessage(str(last.content).strip().lower(), id=last.id)]
+        }  # replaces it
 
     def sign(state: MessagesState) -> dict[str, Any]:
         answer = state["messages"][-1]
-        signed = AIMessage(f"{answer.content} -- desk", id=answer.id, response_metadata=answer.response_metadata)
+        signed = AIMessage(
+            f"{answer.content} -- desk", id=answer.id, response_metadata=answer.response_metadata
+        )
         return {"messages": [signed]}
 
     builder = StateGraph(MessagesState)
@@ -89,7 +98,10 @@ def test_answer_metadata_points_at_the_trace(orch: Orchestrator) -> None:
 def test_subgraph_steps_stream_under_the_node(orch: Orchestrator) -> None:
     async def collect() -> list[tuple[tuple[str, ...], list[str]]]:
         graph = _chat_graph(orch)
-        return [(ns, list(update)) async for ns, update in graph.astream({"messages": [HumanMessage("x")]}, subgraphs=True)]
+        return [
+            (ns, list(update))
+            async for ns, update in graph.astream({"messages": [HumanMessage("x")]}, subgraphs=True)
+        ]
 
     events = asyncio.run(collect())
     parent = [nodes[0] for ns, nodes in events if ns == ()]
@@ -103,13 +115,47 @@ def test_checkpointed_conversation_keeps_history(orch: Orchestrator) -> None:
     config = {"configurable": {"thread_id": "t1"}}
     graph.invoke({"messages": [HumanMessage("First")]}, config)
     out = graph.invoke({"messages": [HumanMessage("Second")]}, config)
-    assert [m.content for m in out["messages"]] == ["first", "echo: first -- desk", "second", "echo: second -- desk"]
+    assert [m.content for m in out["messages"]] == [
+        "first",
+        "echo: first -- desk",
+        "second",
+        "echo: second -- desk",
+    ]
     # The orchestrator saw the whole conversation on the second turn.
     run_id = out["messages"][-1].response_metadata["run_id"]
     start = next(iter(iter_records(Path(orch.trace_store.path_for(run_id)))))
     assert isinstance(start, RunStart)
-    assert [m.content for m in start.task.messages or []] == ["first", "echo: first -- desk", "second"]
+    assert [m.content for m in start.task.messages or []] == [
+        "first",
+        "echo: first -- desk",
+        "second",
+    ]
     assert [m.role for m in start.task.messages or []] == ["user", "assistant", "user"]
+
+
+class OpenAIChat(TypedDict):
+    messages: list[Any]
+
+
+def test_openai_style_dict_messages_are_read_like_an_openai_request(orch: Orchestrator) -> None:
+    # Dicts in the state follow the server's rule: 'developer' is a system message, text parts
+    # are joined.
+    builder = StateGraph(OpenAIChat)
+    add_orchestrator_node(builder, "experts", orch)
+    builder.add_edge(START, "experts")
+    builder.add_edge("experts", END)
+    messages = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": t} for t in ("two", "parts")]},
+    ]
+    reply = builder.compile().invoke({"messages": messages})["messages"][-1]
+    assert reply.content == "echo: two\nparts"
+    start = next(iter(iter_records(reply.response_metadata["trace_path"])))
+    assert isinstance(start, RunStart)
+    assert [(m.role, m.content) for m in start.task.messages or []] == [
+        ("system", "Be brief."),
+        ("user", "two\nparts"),
+    ]
 
 
 class Ticket(TypedDict, total=False):
@@ -137,15 +183,24 @@ def _ticket_graph(orch: Orchestrator) -> Any:
     builder.add_node("escalate", escalate)
     builder.add_node("done", done)
     builder.add_edge(START, "experts")
-    builder.add_conditional_edges("experts", lambda s: "done" if s.get("answer") else "escalate", ["done", "escalate"])
+    builder.add_conditional_edges(
+        "experts", lambda s: "done" if s.get("answer") else "escalate", ["done", "escalate"]
+    )
     builder.add_edge("escalate", END)
     builder.add_edge("done", END)
     return builder.compile()
 
 
-def test_custom_state_mapping_and_parent_control_flow(orch: Orchestrator, down: Orchestrator) -> None:
+def test_custom_state_mapping_and_parent_control_flow(
+    orch: Orchestrator, down: Orchestrator
+) -> None:
     ok = _ticket_graph(orch).invoke({"question": "refund"})
-    assert ok == {"question": "refund", "answer": "echo: refund", "experts": ["echo_a", "echo_b"], "route": "experts"}
+    assert ok == {
+        "question": "refund",
+        "answer": "echo: refund",
+        "experts": ["echo_a", "echo_b"],
+        "route": "experts",
+    }
     failed = _ticket_graph(down).invoke({"question": "refund"})
     assert failed["answer"] is None and failed["experts"] == [] and failed["route"] == "human"
 
@@ -189,7 +244,8 @@ def test_orchestrator_graph_itself_as_a_node(orch: Orchestrator) -> None:
 
 def test_example_runs() -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "langgraph_subgraph.py"), "--stream", "What is 12 * 7 - 5?"],
+        [sys.executable, str(ROOT / "examples" / "langgraph_subgraph.py"),
+         "--stream", "What is 12 * 7 - 5?"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

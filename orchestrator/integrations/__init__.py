@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from expertgraph.orchestrator.integrations._chat import answer_experts
     from expertgraph.orchestrator.integrations.catalog import ModelCatalog, ServedModel
     from expertgraph.orchestrator.integrations.langchain import ChatExpertGraph
     from expertgraph.orchestrator.integrations.langgraph import (
@@ -27,6 +28,7 @@ _EXPORTS = {
     "ServedModel": "expertgraph.orchestrator.integrations.catalog",
     "ServerThread": "expertgraph.orchestrator.integrations.server",
     "add_orchestrator_node": "expertgraph.orchestrator.integrations.langgraph",
+    "answer_experts": "expertgraph.orchestrator.integrations._chat",
     "create_app": "expertgraph.orchestrator.integrations.server",
     "orchestrator_node": "expertgraph.orchestrator.integrations.langgraph",
     "serve": "expertgraph.orchestrator.integrations.server",
@@ -40,6 +42,7 @@ __all__ = [
     "ServedModel",
     "ServerThread",
     "add_orchestrator_node",
+    "answer_experts",
     "create_app",
     "orchestrator_node",
     "serve",

@@ -1,21 +1,31 @@
-"""Chat in, answer out: how chat requests become tasks and finished runs become replies.
+"""Chat in, answer out: the one way chat requests become tasks and finished runs become replies.
 
-Shared by the HTTP server, the LangChain chat model and the LiteLLM provider so that the three
-name experts, sum usage and treat structured output the same way.
+Shared by the HTTP server, the LangChain chat model, the LiteLLM provider and the LangGraph
+node, so that they read params and stop sequences, name experts, count usage and report a run
+without an answer the same way.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from expertgraph.core.errors import ExpertGraphError
-from expertgraph.core.types import AnswerFormat, Generation, Message, RunResult, Task, candidate_key
+from expertgraph.core.errors import NoAnswerError
+from expertgraph.core.types import (
+    AnswerFormat,
+    Generation,
+    Message,
+    RunResult,
+    Task,
+    Usage,
+    candidate_key,
+)
+from expertgraph.orchestrator.integrations.openai_schema import ChatMessage
 
-T = TypeVar("T")
+# ---- request -> task -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,26 @@ class StructuredOutput:
     kind: Literal["json_object", "json_schema"]
     schema: dict[str, Any] | None = None
     name: str | None = None
+
+
+def structured_output(response_format: Any) -> StructuredOutput | None:
+    """An OpenAI ``response_format`` mapping as our type; absent or ``text`` is None."""
+    if not response_format:
+        return None
+    if not isinstance(response_format, Mapping) or response_format.get("type") not in (
+        "json_object",
+        "json_schema",
+        "text",
+    ):
+        raise ValueError(
+            f"response_format must be an OpenAI response_format mapping, got {response_format!r}"
+        )
+    if response_format["type"] == "text":
+        return None
+    spec = response_format.get("json_schema") or {}
+    return StructuredOutput(
+        kind=response_format["type"], schema=spec.get("schema"), name=spec.get("name")
+    )
 
 
 def structured_instruction(fmt: StructuredOutput) -> str:
@@ -37,25 +67,60 @@ def structured_instruction(fmt: StructuredOutput) -> str:
     return "Answer with one JSON object and nothing else (no prose, no code fence)."
 
 
+def stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    """OpenAI's ``stop`` (one string, a list, or none) as a list."""
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def openai_messages(messages: Iterable[Message | Mapping[str, Any] | Any]) -> list[Message]:
+    """OpenAI-style chat messages (mappings, or objects ``dict()`` accepts) as our messages."""
+    return [
+        m
+        if isinstance(m, Message)
+        else ChatMessage.model_validate(m if isinstance(m, Mapping) else dict(m)).to_core()
+        for m in messages
+    ]
+
+
 def chat_task(
     messages: Sequence[Message],
+    request: Mapping[str, Any] | None = None,
     *,
-    params: Mapping[str, Any] | None = None,
-    structured: StructuredOutput | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Task:
-    """A task for a chat: the messages as they are, generation params, JSON instructions."""
+    """A task for a chat: the messages as they are, plus an OpenAI-shaped request's params.
+
+    ``request`` holds the request's OpenAI fields (``max_completion_tokens`` or ``max_tokens``,
+    ``temperature``, ``top_p``, ``seed``, ``stop``, ``response_format``, ``user``); others are
+    ignored. JSON output becomes a system instruction and the task's answer format; ``user``
+    goes into the task's metadata.
+    """
+    request = request or {}
     msgs = list(messages)
     answer_format = AnswerFormat()
+    structured = structured_output(request.get("response_format"))
     if structured is not None:
         msgs = [Message(role="system", content=structured_instruction(structured)), *msgs]
         answer_format = AnswerFormat(kind="json", json_schema=structured.schema)
+    params = {
+        "max_tokens": request.get("max_completion_tokens") or request.get("max_tokens"),
+        "temperature": request.get("temperature"),
+        "top_p": request.get("top_p"),
+        "seed": request.get("seed"),
+        "stop": stop_list(request.get("stop")) or None,
+    }
+    user = request.get("user")
     return Task(
         messages=msgs,
-        params={k: v for k, v in (params or {}).items() if v is not None},
+        params={k: v for k, v in params.items() if v is not None},
         answer_format=answer_format,
-        metadata=dict(metadata or {}),
+        metadata={**(metadata or {}), **({"user": user} if user else {})},
     )
+
+
+# ---- finished run -> reply -----------------------------------------------------------------
 
 
 def _answer_generations(result: RunResult) -> list[Generation]:
@@ -66,7 +131,9 @@ def _answer_generations(result: RunResult) -> list[Generation]:
         winners = set(step.result.winner)
         chosen = [g for g in step.generations if candidate_key(g) in winners]
         if not chosen and result.answer is not None:
-            chosen = [g for g in step.generations if g.ok and g.text.strip() == result.answer.strip()]
+            chosen = [
+                g for g in step.generations if g.ok and g.text.strip() == result.answer.strip()
+            ]
         return chosen
     return []
 
@@ -98,6 +165,56 @@ def finish_reason(result: RunResult) -> Literal["stop", "length"]:
     return "length" if generations and generations[0].finish_reason == "length" else "stop"
 
 
+@dataclass(frozen=True)
+class ChatReply:
+    """A finished run as every adapter reports it."""
+
+    text: str
+    """The answer, cut at the first of the task's stop sequences."""
+    finish_reason: Literal["stop", "length"]
+    model: str
+    """``expertgraph/<config>:<experts>`` (see :func:`reply_model`)."""
+    experts: list[str]
+    result: RunResult
+
+    @property
+    def usage(self) -> Usage:
+        """Every expert call of the run, summed."""
+        return self.result.usage
+
+    def openai_usage(self) -> dict[str, int]:
+        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (OpenAI, LiteLLM)."""
+        u = self.usage
+        return {
+            "prompt_tokens": u.input_tokens,
+            "completion_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens,
+        }
+
+    def langchain_usage(self) -> dict[str, int]:
+        """``input_tokens``, ``output_tokens``, ``total_tokens`` (LangChain ``usage_metadata``)."""
+        u = self.usage
+        return {
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens,
+        }
+
+
+def chat_reply(model_id: str, result: RunResult) -> ChatReply:
+    """The reply for a run served as ``model_id``; no answer raises :class:`NoAnswerError`."""
+    if result.answer is None:
+        raise NoAnswerError(result)
+    text, stopped = truncate_at_stop(result.answer, stop_list(result.task.params.get("stop")))
+    return ChatReply(
+        text=text,
+        finish_reason="stop" if stopped else finish_reason(result),
+        model=reply_model(model_id, result),
+        experts=answer_experts(result),
+        result=result,
+    )
+
+
 _PIECE = re.compile(r"\S+\s*|\s+")
 
 
@@ -105,13 +222,3 @@ def stream_pieces(text: str, words: int = 8) -> list[str]:
     """Split an answer into a few chunks of about ``words`` words, whitespace kept."""
     tokens = _PIECE.findall(text)
     return ["".join(tokens[i : i + words]) for i in range(0, len(tokens), words)] or [""]
-
-
-class NoAnswerError(ExpertGraphError, RuntimeError):
-    """A run ended without an answer (every expert failed, or a budget ran out first)."""
-
-    def __init__(self, result: RunResult) -> None:
-        self.result = result
-        super().__init__(
-            f"no expert produced an answer (run {result.run_id}: {result.stop_reason or 'no result'})"
-        )

@@ -9,8 +9,9 @@ Model ids:
   when it sets one, else the file name without its suffix.
 * ``expertgraph/<policy>`` for each registered policy (``policies.registry.POLICIES``) that is
   not already a configuration name and builds with its default options: the *first*
-  configuration's experts, aggregator, budget and traces, routed by that policy instead. A
-  policy that needs options (``fixed`` needs ``experts``) has no alias.
+  configuration built again with that policy (same aggregator, budget and trace folder) over
+  the same expert objects: an alias adds a policy, not another copy of each expert.
+  A policy that needs options (``fixed`` needs ``experts``) has no alias.
 * ``expertgraph`` alone names the first configuration. A response's model string
   (``expertgraph/<name>:<experts>``) resolves to ``<name>`` again.
 """
@@ -23,25 +24,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from expertgraph.core.errors import ConfigError, ExpertGraphError
+from expertgraph.core.errors import ConfigError, ExpertGraphError, UnknownModelError
 from expertgraph.orchestrator.config.schema import ExpertGraphConfig, PolicyConfig, load_config
 from expertgraph.orchestrator.orchestrator import Orchestrator
 
 PREFIX = "expertgraph"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
-
-
-class UnknownModelError(ExpertGraphError, KeyError):
-    """A model id that names no served routing configuration."""
-
-    def __init__(self, model: str, known: Sequence[str]) -> None:
-        self.model = model
-        self.known = list(known)
-        super().__init__(f"unknown model {model!r}; served models: {', '.join(known) or 'none'}")
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return self.args[0]
 
 
 @dataclass(frozen=True)
@@ -83,14 +72,21 @@ def config_files(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in _CONFIG_SUFFIXES and p.is_file())
+            found = sorted(
+                p for p in path.iterdir() if p.suffix in _CONFIG_SUFFIXES and p.is_file()
+            )
             if not found:
-                raise ConfigError(f"{path}: no *.yaml, *.yml or *.toml configuration in this directory", path=str(path))
+                raise ConfigError(
+                    f"{path}: no *.yaml, *.yml or *.toml configuration in this directory",
+                    path=str(path),
+                )
             out.extend(found)
         elif path.is_file():
             out.append(path)
         else:
-            raise ConfigError(f"cannot read config {path}: no such file or directory", path=str(path))
+            raise ConfigError(
+                f"cannot read config {path}: no such file or directory", path=str(path)
+            )
     if not out:
         raise ConfigError("no configuration given")
     return out
@@ -114,7 +110,8 @@ class ModelCatalog:
             if served.name in self._models:
                 raise ConfigError(
                     f"two configurations are both named {served.name!r} "
-                    f"({self._models[served.name].source} and {served.source}); give one a different 'name:'",
+                    f"({self._models[served.name].source} and {served.source}); "
+                    "give one a different 'name:'",
                     field="name",
                 )
             self._models[served.name] = served
@@ -133,31 +130,48 @@ class ModelCatalog:
 
         ``aliases``: True for every registered policy, a list for those, False for none.
         """
-        loaded: list[tuple[str, ExpertGraphConfig, Path]] = []
-        for path in config_files(paths):
-            cfg = load_config(path)
-            loaded.append((_check_name(config_name(cfg, path), str(path)), cfg, path))
+        loaded = [(load_config(path), path) for path in config_files(paths)]
+        return cls.from_configs(loaded, aliases=aliases, base_dir=base_dir)
+
+    @classmethod
+    def from_configs(
+        cls,
+        configs: Sequence[tuple[ExpertGraphConfig, str | Path | None]],
+        *,
+        aliases: bool | Sequence[str] = True,
+        base_dir: str | Path | None = None,
+    ) -> ModelCatalog:
+        """Build the orchestrators of parsed configurations, each with where it came from
+        (a file, or None for one made in code), and the first one's policy aliases."""
+        named: list[tuple[str, ExpertGraphConfig, str]] = []
+        for cfg, source in configs:
+            path = Path(source) if source is not None else None
+            where = str(source) if source is not None else "<in-process config>"
+            named.append((_check_name(config_name(cfg, path), where), cfg, where))
+        if not named:
+            raise ConfigError("a catalog needs at least one routing configuration")
         models = [
             ServedModel(
                 id=model_id(name),
                 name=name,
                 orchestrator=Orchestrator.from_config(cfg, base_dir=base_dir),
                 policy=cfg.policy.name,
-                source=str(path),
+                source=where,
             )
-            for name, cfg, path in loaded
+            for name, cfg, where in named
         ]
         if aliases:
-            first_name, first_cfg, _ = loaded[0]
+            first_name, first_cfg, _ = named[0]
             taken = {m.name for m in models}
-            models.extend(_policy_aliases(first_name, first_cfg, aliases, taken, base_dir))
+            first = models[0].orchestrator
+            models.extend(_policy_aliases(first_name, first_cfg, first, aliases, taken, base_dir))
         return cls(models)
 
     @classmethod
     def from_orchestrators(
         cls, orchestrators: Mapping[str, Orchestrator] | Sequence[Orchestrator] | Orchestrator
     ) -> ModelCatalog:
-        """Serve live orchestrators: a mapping name -> orchestrator, or a list (named by ``.name``)."""
+        """Serve live orchestrators: a mapping name -> orchestrator, or a list (by ``name``)."""
         if isinstance(orchestrators, Orchestrator):
             orchestrators = [orchestrators]
         items = (
@@ -207,13 +221,16 @@ class ModelCatalog:
         return served
 
     async def aclose(self) -> None:
-        """Release every orchestrator's experts (aliases share the first one's expert objects)."""
-        await asyncio.gather(*(m.orchestrator.aclose() for m in self._models.values()), return_exceptions=True)
+        """Release every orchestrator's experts (an alias's are its configuration's)."""
+        await asyncio.gather(
+            *(m.orchestrator.aclose() for m in self._models.values()), return_exceptions=True
+        )
 
 
 def _policy_aliases(
     first_name: str,
     first_cfg: ExpertGraphConfig,
+    first: Orchestrator,
     wanted: bool | Sequence[str],
     taken: set[str],
     base_dir: str | Path | None,
@@ -224,7 +241,8 @@ def _policy_aliases(
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise ConfigError(
-            f"policy aliases {unknown} are not registered policies; known: {', '.join(sorted(POLICIES))}",
+            f"policy aliases {unknown} are not registered policies; "
+            f"known: {', '.join(sorted(POLICIES))}",
             field="aliases",
         )
     out: list[ServedModel] = []
@@ -233,7 +251,7 @@ def _policy_aliases(
             continue
         cfg = first_cfg.model_copy(update={"policy": PolicyConfig(name=policy)})
         try:
-            orch = Orchestrator.from_config(cfg, base_dir=base_dir)
+            orch = Orchestrator.from_config(cfg, base_dir=base_dir, experts=first.experts)
         except ExpertGraphError:
             # The policy needs options (or trained files) the alias cannot guess: no alias.
             if wanted is not True:

@@ -30,20 +30,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
-from expertgraph.core._sync import run_sync
-from expertgraph.core.types import Message, RunResult, Task
-from expertgraph.orchestrator.integrations._chat import (
-    NoAnswerError,
-    StructuredOutput,
-    answer_experts,
-    chat_task,
-    finish_reason,
-    reply_model,
-    stream_pieces,
-    truncate_at_stop,
-)
-from expertgraph.orchestrator.integrations.catalog import ModelCatalog, ServedModel
-from expertgraph.orchestrator.orchestrator import Orchestrator
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
@@ -63,6 +49,16 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr
+
+from expertgraph.core.types import Message, RunResult, Task
+from expertgraph.orchestrator.integrations._chat import (
+    ChatReply,
+    chat_reply,
+    chat_task,
+    stream_pieces,
+)
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog, ServedModel
+from expertgraph.orchestrator.orchestrator import Orchestrator
 
 _ROLES: dict[str, Literal["system", "user", "assistant", "tool"]] = {
     "system": "system",
@@ -93,7 +89,9 @@ def to_core_messages(messages: Sequence[BaseMessage]) -> list[Message]:
         elif message.type in _ROLES:
             role = _ROLES[message.type]
         else:
-            raise ValueError(f"cannot send a {type(message).__name__} (role {message.type!r}) to experts")
+            raise ValueError(
+                f"cannot send a {type(message).__name__} (role {message.type!r}) to experts"
+            )
         out.append(Message(role=role, content=message.text, name=getattr(message, "name", None)))
     return out
 
@@ -104,8 +102,8 @@ class ChatExpertGraph(BaseChatModel):
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
     model: str = Field(default="expertgraph", alias="model_name")
-    """The routing configuration: ``expertgraph/<name>``, ``expertgraph/<policy>`` or ``expertgraph``
-    (the first configuration)."""
+    """The routing configuration: ``expertgraph/<name>``, ``expertgraph/<policy>`` or
+    ``expertgraph`` (the first configuration)."""
     config: str | list[str] | None = None
     """Config file(s) or a directory of them; built on first use. Or pass ``orchestrator``."""
     orchestrator: Orchestrator | ModelCatalog | None = Field(default=None, exclude=True)
@@ -168,67 +166,70 @@ class ChatExpertGraph(BaseChatModel):
         if isinstance(self.orchestrator, Orchestrator):
             return ModelCatalog.from_orchestrators(self.orchestrator)
         if self.config is None:
-            raise ValueError("ChatExpertGraph needs config=<file or directory> or orchestrator=<Orchestrator>")
+            raise ValueError(
+                "ChatExpertGraph needs config=<file or directory> or orchestrator=<Orchestrator>"
+            )
         paths = [self.config] if isinstance(self.config, str) else list(self.config)
         return ModelCatalog.from_paths(paths, aliases=self.aliases)
 
     # ---- runs ----------------------------------------------------------------------------------
 
-    def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> tuple[ServedModel, Task, list[str]]:
+    def _prepare(
+        self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> tuple[ServedModel, Task]:
         served = self.catalog().resolve(kwargs.get("model") or self.model)
-        stops = list(stop if stop is not None else (self.stop or []))
-        params = {
-            "temperature": kwargs.get("temperature", self.temperature),
-            "max_tokens": kwargs.get("max_tokens", self.max_tokens),
-            "top_p": kwargs.get("top_p"),
-            "seed": kwargs.get("seed"),
-            "stop": stops or None,
+        request = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            **kwargs,
+            "stop": stop if stop is not None else self.stop,
         }
         task = chat_task(
             to_core_messages(messages),
-            params=params,
-            structured=_structured(kwargs.get("response_format")),
+            request,
             metadata={"source": "langchain", "model": served.id},
         )
         timeout = kwargs.get("timeout", self.timeout)
         budget = served.orchestrator.budget
         if timeout is not None:
             budget = budget.model_copy(update={"deadline_s": float(timeout)})
-        return served, task.model_copy(update={"budget": budget}), stops
+        return served, task.model_copy(update={"budget": budget})
 
-    def _message(self, served: ServedModel, result: RunResult, stops: list[str]) -> tuple[str, dict[str, Any], dict[str, int]]:
-        if result.answer is None:
-            raise NoAnswerError(result)
-        text, stopped = truncate_at_stop(result.answer, stops)
+    @staticmethod
+    def _message(served: ServedModel, result: RunResult) -> tuple[ChatReply, dict[str, Any]]:
+        reply = chat_reply(served.id, result)
         metadata = {
-            "model_name": reply_model(served.id, result),
-            "finish_reason": "stop" if stopped else finish_reason(result),
+            "model_name": reply.model,
+            "finish_reason": reply.finish_reason,
             "run_id": result.run_id,
             "trace_path": result.trace_path,
-            "experts": answer_experts(result),
+            "experts": reply.experts,
             "stop_reason": result.stop_reason,
-            "cost": result.usage.cost,
+            "cost": reply.usage.cost,
         }
-        usage = {
-            "input_tokens": result.usage.input_tokens,
-            "output_tokens": result.usage.output_tokens,
-            "total_tokens": result.usage.total_tokens,
-        }
-        return text, metadata, usage
+        return reply, metadata
 
-    def _result(self, served: ServedModel, result: RunResult, stops: list[str]) -> ChatResult:
-        text, metadata, usage = self._message(served, result, stops)
+    def _result(self, served: ServedModel, result: RunResult) -> ChatResult:
+        reply, metadata = self._message(served, result)
+        usage = reply.langchain_usage()
         message = AIMessage(
-            content=text, id=f"run-{result.run_id}", response_metadata=metadata, usage_metadata=usage  # type: ignore[arg-type]
+            content=reply.text,
+            id=f"run-{result.run_id}",
+            response_metadata=metadata,
+            usage_metadata=usage,  # type: ignore[arg-type]
         )
         return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info={"finish_reason": metadata["finish_reason"]})],
-            llm_output={"model_name": metadata["model_name"], "token_usage": usage, "run_id": result.run_id},
+            generations=[
+                ChatGeneration(
+                    message=message, generation_info={"finish_reason": reply.finish_reason}
+                )
+            ],
+            llm_output={"model_name": reply.model, "token_usage": usage, "run_id": result.run_id},
         )
 
-    def _chunks(self, served: ServedModel, result: RunResult, stops: list[str]) -> Iterator[ChatGenerationChunk]:
-        text, metadata, usage = self._message(served, result, stops)
-        pieces = stream_pieces(text, self.stream_words)
+    def _chunks(self, served: ServedModel, result: RunResult) -> Iterator[ChatGenerationChunk]:
+        reply, metadata = self._message(served, result)
+        pieces = stream_pieces(reply.text, self.stream_words)
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             yield ChatGenerationChunk(
@@ -236,10 +237,10 @@ class ChatExpertGraph(BaseChatModel):
                     content=piece,
                     id=f"run-{result.run_id}",
                     response_metadata=metadata if last else {},
-                    usage_metadata=usage if last else None,  # type: ignore[arg-type]
+                    usage_metadata=reply.langchain_usage() if last else None,  # type: ignore[arg-type]
                     chunk_position="last" if last else None,
                 ),
-                generation_info={"finish_reason": metadata["finish_reason"]} if last else None,
+                generation_info={"finish_reason": reply.finish_reason} if last else None,
             )
 
     def _generate(
@@ -249,9 +250,8 @@ class ChatExpertGraph(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        served, task, stops = self._prepare(messages, stop, kwargs)
-        result = run_sync(served.orchestrator.arun(task))
-        return self._result(served, result, stops)
+        served, task = self._prepare(messages, stop, kwargs)
+        return self._result(served, served.orchestrator.run(task))
 
     async def _agenerate(
         self,
@@ -260,9 +260,8 @@ class ChatExpertGraph(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        served, task, stops = self._prepare(messages, stop, kwargs)
-        result = await served.orchestrator.arun(task)
-        return self._result(served, result, stops)
+        served, task = self._prepare(messages, stop, kwargs)
+        return self._result(served, await served.orchestrator.arun(task))
 
     def _stream(
         self,
@@ -271,9 +270,8 @@ class ChatExpertGraph(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        served, task, stops = self._prepare(messages, stop, kwargs)
-        result = run_sync(served.orchestrator.arun(task))
-        for chunk in self._chunks(served, result, stops):
+        served, task = self._prepare(messages, stop, kwargs)
+        for chunk in self._chunks(served, served.orchestrator.run(task)):
             if run_manager is not None:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -285,9 +283,8 @@ class ChatExpertGraph(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        served, task, stops = self._prepare(messages, stop, kwargs)
-        result = await served.orchestrator.arun(task)
-        for chunk in self._chunks(served, result, stops):
+        served, task = self._prepare(messages, stop, kwargs)
+        for chunk in self._chunks(served, await served.orchestrator.arun(task)):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -311,15 +308,24 @@ class ChatExpertGraph(BaseChatModel):
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
         if method not in ("json_schema", "json_mode", "function_calling"):
-            raise ValueError(f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}")
+            raise ValueError(
+                f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}"
+            )
         json_schema = convert_to_json_schema(schema)
         response_format = {
             "type": "json_object" if method == "json_mode" else "json_schema",
-            "json_schema": {"name": json_schema.get("title", "answer"), "schema": json_schema, "strict": strict},
+            "json_schema": {
+                "name": json_schema.get("title", "answer"),
+                "schema": json_schema,
+                "strict": strict,
+            },
         }
         llm = self.bind(
             response_format=response_format,
-            ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": schema},
+            ls_structured_output_format={
+                "kwargs": {"method": method, "strict": strict},
+                "schema": schema,
+            },
         )
         parser: Runnable[Any, Any]
         if isinstance(schema, type) and is_basemodel_subclass(schema):
@@ -328,24 +334,8 @@ class ChatExpertGraph(BaseChatModel):
             parser = JsonOutputParser()
         if not include_raw:
             return llm | parser
-        parse = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        parse = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
         none = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parse.with_fallbacks([none], exception_key="parsing_error")
-
-
-def _structured(response_format: Any) -> StructuredOutput | None:
-    """``response_format`` (OpenAI shape, as ``with_structured_output`` binds it) as our type."""
-    if not response_format:
-        return None
-    if not isinstance(response_format, Mapping) or response_format.get("type") not in (
-        "json_object",
-        "json_schema",
-        "text",
-    ):
-        raise ValueError(f"response_format must be an OpenAI response_format mapping, got {response_format!r}")
-    if response_format["type"] == "text":
-        return None
-    spec = response_format.get("json_schema") or {}
-    return StructuredOutput(
-        kind=response_format["type"], schema=spec.get("schema"), name=spec.get("name")
-    )

@@ -11,7 +11,9 @@ callbacks), and maps the run's result back into a state update::
     builder = StateGraph(MessagesState)
     builder.add_node("clean", clean)                          # your own nodes
     add_orchestrator_node(builder, "experts", Orchestrator.from_config("expertgraph.yaml"))
-    builder.add_edge(START, "clean"); builder.add_edge("clean", "experts"); builder.add_edge("experts", END)
+    builder.add_edge(START, "clean")
+    builder.add_edge("clean", "experts")
+    builder.add_edge("experts", END)
     graph = builder.compile()
 
 Defaults fit ``MessagesState``: the task is the conversation in ``state["messages"]`` and the
@@ -28,14 +30,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from expertgraph.core._sync import run_sync
 from expertgraph.core.types import Message, RunResult
-from expertgraph.orchestrator.integrations._chat import (
-    NoAnswerError,
-    answer_experts,
-    chat_task,
-    reply_model,
-)
+from expertgraph.orchestrator.integrations._chat import chat_reply, chat_task, openai_messages
+from expertgraph.orchestrator.integrations.catalog import PREFIX, model_id
 from expertgraph.orchestrator.orchestrator import Orchestrator, TaskLike
 
 InputMap = Callable[[Any], TaskLike]
@@ -52,7 +49,7 @@ def messages_in(state: Any, key: str = "messages") -> TaskLike:
     if not messages:
         raise ValueError(f"state[{key!r}] is empty: nothing to ask the experts")
     if all(isinstance(m, (Message, Mapping)) for m in messages):
-        core = [m if isinstance(m, Message) else Message.model_validate(dict(m)) for m in messages]
+        core = openai_messages(messages)
     else:
         from expertgraph.orchestrator.integrations.langchain import to_core_messages
 
@@ -60,25 +57,25 @@ def messages_in(state: Any, key: str = "messages") -> TaskLike:
     return chat_task(core, metadata={"source": "langgraph"})
 
 
-def messages_out(result: RunResult, state: Any, key: str = "messages", model_id: str = "expertgraph") -> dict[str, Any]:
-    """The answer appended to ``state[key]`` as an ``AIMessage``; no answer raises :class:`NoAnswerError`."""
+def messages_out(
+    result: RunResult, state: Any, key: str = "messages", model_id: str = PREFIX
+) -> dict[str, Any]:
+    """The answer appended to ``state[key]`` as an ``AIMessage``.
+
+    A run without an answer raises :class:`NoAnswerError`.
+    """
     from langchain_core.messages import AIMessage
 
-    if result.answer is None:
-        raise NoAnswerError(result)
+    reply = chat_reply(model_id, result)
     message = AIMessage(
-        content=result.answer,
+        content=reply.text,
         response_metadata={
-            "model_name": reply_model(model_id, result),
+            "model_name": reply.model,
             "run_id": result.run_id,
-            "experts": answer_experts(result),
+            "experts": reply.experts,
             "trace_path": result.trace_path,
         },
-        usage_metadata={
-            "input_tokens": result.usage.input_tokens,
-            "output_tokens": result.usage.output_tokens,
-            "total_tokens": result.usage.total_tokens,
-        },
+        usage_metadata=reply.langchain_usage(),  # type: ignore[arg-type]
     )
     return {key: [message]}
 
@@ -94,15 +91,17 @@ def orchestrator_node(
     from langchain_core.runnables import RunnableLambda
 
     to_task: InputMap = input or messages_in
-    model_id = f"expertgraph/{orchestrator.name}"
-    to_update: OutputMap = output or (lambda result, state: messages_out(result, state, model_id=model_id))
+    served_as = model_id(orchestrator.name)
+    to_update: OutputMap = output or (
+        lambda result, state: messages_out(result, state, model_id=served_as)
+    )
 
     async def arun(state: Any) -> Mapping[str, Any]:
         result = await orchestrator.arun(to_task(state))
         return dict(to_update(result, state))
 
     def run(state: Any) -> Mapping[str, Any]:
-        result = run_sync(orchestrator.arun(to_task(state)))
+        result = orchestrator.run(to_task(state))
         return dict(to_update(result, state))
 
     return RunnableLambda(run, afunc=arun, name=name)

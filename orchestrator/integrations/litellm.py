@@ -11,7 +11,8 @@ Behind the LiteLLM proxy (its own keys, budgets and logging), ``config.yaml``::
 
     litellm_settings:
       custom_provider_map:
-        - {provider: expertgraph, custom_handler: expertgraph.orchestrator.integrations.litellm.proxy_handler}
+        - provider: expertgraph
+          custom_handler: expertgraph.orchestrator.integrations.litellm.proxy_handler
     model_list:
       - model_name: routed
         litellm_params: {model: expertgraph/local}
@@ -35,21 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from expertgraph.agents._litellm import import_litellm
-from expertgraph.core._sync import run_sync
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
-    NoAnswerError,
-    StructuredOutput,
-    answer_experts,
+    chat_reply,
     chat_task,
-    finish_reason,
-    reply_model,
+    openai_messages,
     stream_pieces,
-    truncate_at_stop,
 )
 from expertgraph.orchestrator.integrations.catalog import PREFIX, ModelCatalog, ServedModel
-from expertgraph.orchestrator.integrations.openai_schema import ChatMessage
 from expertgraph.orchestrator.orchestrator import Orchestrator
 
 litellm = import_litellm()
@@ -78,7 +73,7 @@ class ExpertGraphLLM(CustomLLM):
         self._lock = threading.Lock()
 
     def catalog(self) -> ModelCatalog:
-        """The served configurations: given, or loaded once from ``configs`` / ``EXPERTGRAPH_CONFIG``."""
+        """The served configurations: given, or loaded once from ``configs`` or the environment."""
         if self._catalog is None:
             with self._lock:
                 if self._catalog is None:
@@ -88,7 +83,8 @@ class ExpertGraphLLM(CustomLLM):
                         configs = [p for p in raw.split(os.pathsep) if p]
                     if not configs:
                         raise ConfigError(
-                            f"expertgraph provider: no configuration; pass configs= to register() or set {CONFIG_ENV}",
+                            "expertgraph provider: no configuration; "
+                            f"pass configs= to register() or set {CONFIG_ENV}",
                             field=CONFIG_ENV,
                         )
                     self._catalog = ModelCatalog.from_paths(configs, aliases=self._aliases)
@@ -96,98 +92,79 @@ class ExpertGraphLLM(CustomLLM):
 
     # ---- request -> task -----------------------------------------------------------------------
 
-    def _prepare(self, model: str, messages: list[Any], optional_params: Mapping[str, Any]) -> tuple[ServedModel, Task, list[str]]:
+    def _prepare(
+        self, model: str, messages: list[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[ServedModel, Task]:
         served = self.catalog().resolve(model if model.startswith(PREFIX) else f"{PREFIX}/{model}")
-        stop = optional_params.get("stop")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        fmt = optional_params.get("response_format")
-        structured: StructuredOutput | None = None
-        if isinstance(fmt, Mapping) and fmt.get("type") in ("json_object", "json_schema"):
-            spec = fmt.get("json_schema") or {}
-            structured = StructuredOutput(kind=fmt["type"], schema=spec.get("schema"), name=spec.get("name"))
-        params = {
-            "max_tokens": optional_params.get("max_completion_tokens") or optional_params.get("max_tokens"),
-            "temperature": optional_params.get("temperature"),
-            "top_p": optional_params.get("top_p"),
-            "seed": optional_params.get("seed"),
-            "stop": stops or None,
-        }
-        core = [ChatMessage.model_validate(m if isinstance(m, Mapping) else dict(m)).to_core() for m in messages]
-        task = chat_task(core, params=params, structured=structured, metadata={"source": "litellm", "model": served.id})
-        return served, task, stops
+        task = chat_task(
+            openai_messages(messages),
+            kwargs.get("optional_params") or {},
+            metadata={"source": "litellm", "model": served.id},
+        )
+        return served, task
 
     # ---- run -> response -----------------------------------------------------------------------
 
     @staticmethod
-    def _fill(response: ModelResponse, served: ServedModel, result: RunResult, stops: list[str]) -> ModelResponse:
-        if result.answer is None:
-            raise NoAnswerError(result)
-        text, stopped = truncate_at_stop(result.answer, stops)
+    def _fill(response: ModelResponse, served: ServedModel, result: RunResult) -> ModelResponse:
+        reply = chat_reply(served.id, result)
         choice = response.choices[0]
-        choice.message.content = text  # type: ignore[union-attr]
-        choice.finish_reason = "stop" if stopped else finish_reason(result)
-        response.model = reply_model(served.id, result)
+        choice.message.content = reply.text  # type: ignore[union-attr]
+        choice.finish_reason = reply.finish_reason
+        response.model = reply.model
         response.id = f"chatcmpl-{result.run_id}"
-        u = result.usage
-        response.usage = Usage(  # type: ignore[attr-defined]
-            prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens, total_tokens=u.total_tokens
-        )
+        response.usage = Usage(**reply.openai_usage())  # type: ignore[attr-defined]
         response._hidden_params["expertgraph"] = {
             "run_id": result.run_id,
-            "experts": answer_experts(result),
+            "experts": reply.experts,
             "trace_path": result.trace_path,
-            "cost": u.cost,
-            "calls": u.calls,
+            "cost": reply.usage.cost,
+            "calls": reply.usage.calls,
         }
         return response
 
     @staticmethod
-    def _chunks(served: ServedModel, result: RunResult, stops: list[str]) -> Iterator[GenericStreamingChunk]:
-        if result.answer is None:
-            raise NoAnswerError(result)
-        text, stopped = truncate_at_stop(result.answer, stops)
-        pieces = stream_pieces(text)
-        u = result.usage
+    def _chunks(served: ServedModel, result: RunResult) -> Iterator[GenericStreamingChunk]:
+        reply = chat_reply(served.id, result)
+        pieces = stream_pieces(reply.text)
         # LiteLLM stamps stream chunks with the requested model; the experts that answered
         # ride on the first chunk's delta.provider_specific_fields instead.
-        about = {"model": reply_model(served.id, result), "run_id": result.run_id, "experts": answer_experts(result)}
+        about = {"model": reply.model, "run_id": result.run_id, "experts": reply.experts}
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             yield GenericStreamingChunk(
                 provider_specific_fields=about if i == 0 else None,
                 text=piece,
                 is_finished=last,
-                finish_reason=("stop" if stopped else finish_reason(result)) if last else "",
-                usage={
-                    "prompt_tokens": u.input_tokens,
-                    "completion_tokens": u.output_tokens,
-                    "total_tokens": u.total_tokens,
-                }
-                if last
-                else None,
+                finish_reason=reply.finish_reason if last else "",
+                usage=reply.openai_usage() if last else None,  # type: ignore[typeddict-item]
                 index=0,
                 tool_use=None,
             )
 
-    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
-        served, task, stops = self._prepare(model, messages, kwargs.get("optional_params") or {})
-        result = run_sync(served.orchestrator.arun(task))
-        return self._fill(kwargs["model_response"], served, result, stops)
+    def completion(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> ModelResponse:
+        served, task = self._prepare(model, messages, kwargs)
+        return self._fill(kwargs["model_response"], served, served.orchestrator.run(task))
 
-    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
-        served, task, stops = self._prepare(model, messages, kwargs.get("optional_params") or {})
-        result = await served.orchestrator.arun(task)
-        return self._fill(kwargs["model_response"], served, result, stops)
+    async def acompletion(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> ModelResponse:
+        served, task = self._prepare(model, messages, kwargs)
+        return self._fill(kwargs["model_response"], served, await served.orchestrator.arun(task))
 
-    def streaming(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:  # type: ignore[override]
-        served, task, stops = self._prepare(model, messages, kwargs.get("optional_params") or {})
-        result = run_sync(served.orchestrator.arun(task))
-        yield from self._chunks(served, result, stops)
+    def streaming(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> Iterator[GenericStreamingChunk]:
+        served, task = self._prepare(model, messages, kwargs)
+        yield from self._chunks(served, served.orchestrator.run(task))
 
-    async def astreaming(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> AsyncIterator[GenericStreamingChunk]:  # type: ignore[override]
-        served, task, stops = self._prepare(model, messages, kwargs.get("optional_params") or {})
-        result = await served.orchestrator.arun(task)
-        for chunk in self._chunks(served, result, stops):
+    async def astreaming(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        served, task = self._prepare(model, messages, kwargs)
+        for chunk in self._chunks(served, await served.orchestrator.arun(task)):
             yield chunk
 
 

@@ -3,16 +3,18 @@
 Requests accept the OpenAI chat-completions fields. Those expertgraph cannot honour are
 narrowed in the schema, so a request outside it is a 400 naming the field (``n`` > 1,
 ``logprobs: true``, a forced ``tool_choice``, non-text content parts); the others are accepted
-and ignored where a model may ignore them anyway (``tools`` it never calls, penalties,
-``logit_bias``, ``metadata``...).
+and ignored where a model may ignore them anyway (penalties, ``logit_bias``, ``metadata``...).
+``tools`` is accepted and ignored too: tools are not passed to experts, so no reply holds a
+tool call.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from expertgraph.core.types import Message
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from expertgraph.core.types import Message
 
 
 def _utf8(value: str) -> str:
@@ -107,7 +109,9 @@ class JSONSchemaResponseFormat(_Open):
     json_schema: JSONSchemaFormat
 
 
-ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaResponseFormat, Field(discriminator="type")]
+ResponseFormat = Annotated[
+    TextFormat | JSONObjectFormat | JSONSchemaResponseFormat, Field(discriminator="type")
+]
 
 
 class ChatCompletionRequest(_Open):
@@ -132,17 +136,14 @@ class ChatCompletionRequest(_Open):
         None, description="Not supported: only false or absent."
     )
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="Accepted; experts never call tools.")
+    tools: list[dict[str, Any]] | None = Field(
+        None,
+        description="Accepted and ignored: tools are not passed to experts, no reply calls one.",
+    )
     tool_choice: Literal["auto", "none"] | None = Field(
-        None, description="Only 'auto' or 'none': experts never call tools."
+        None, description="Only 'auto' or 'none': no reply calls a tool."
     )
     user: Text | None = Field(None, max_length=256)
-
-    @property
-    def stops(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
 # ---- responses -------------------------------------------------------------------------------

@@ -33,23 +33,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from expertgraph.core.errors import ConfigError
+from fastapi import FastAPI, Request
+from fastapi import Path as FastAPIPath
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from expertgraph.core.errors import ConfigError, ExpertGraphError, NoAnswerError, UnknownModelError
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
-    NoAnswerError,
-    StructuredOutput,
-    answer_experts,
+    ChatReply,
+    chat_reply,
     chat_task,
-    finish_reason,
-    reply_model,
     stream_pieces,
-    truncate_at_stop,
 )
-from expertgraph.orchestrator.integrations.catalog import (
-    ModelCatalog,
-    ServedModel,
-    UnknownModelError,
-)
+from expertgraph.orchestrator.integrations.catalog import ModelCatalog, ServedModel
 from expertgraph.orchestrator.integrations.openai_schema import (
     AssistantMessage,
     ChatCompletion,
@@ -62,26 +61,21 @@ from expertgraph.orchestrator.integrations.openai_schema import (
     ErrorBody,
     ErrorResponse,
     Health,
-    JSONObjectFormat,
-    JSONSchemaResponseFormat,
     ModelCard,
     ModelList,
     RunInfo,
 )
 from expertgraph.traces.store import new_run_id
-from fastapi import FastAPI, Request
-from fastapi import Path as FastAPIPath
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 TRACE_HEADER = "X-Expertgraph-Trace-Id"
 API_KEYS_ENV = "EXPERTGRAPH_API_KEYS"
 
 log = logging.getLogger("expertgraph.serve")
 
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,9 @@ class ServeSettings:
 # ---- keys and binding ------------------------------------------------------------------------
 
 
-def load_api_keys(key_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> frozenset[str]:
+def load_api_keys(
+    key_file: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> frozenset[str]:
     """Keys from ``EXPERTGRAPH_API_KEYS`` and a key file (one a line, ``#`` comments)."""
     env = os.environ if env is None else env
     keys = set(env.get(API_KEYS_ENV, "").replace(",", " ").split())
@@ -110,7 +106,9 @@ def load_api_keys(key_file: str | Path | None = None, env: Mapping[str, str] | N
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read API key file {path}: {exc.strerror or exc}", path=str(path)) from exc
+            raise ConfigError(
+                f"cannot read API key file {path}: {exc.strerror or exc}", path=str(path)
+            ) from exc
         lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
         file_keys = {line for line in lines if line}
         if not file_keys:
@@ -145,7 +143,7 @@ def check_bind(host: str, settings: ServeSettings) -> None:
 # ---- errors ----------------------------------------------------------------------------------
 
 
-class APIError(Exception):
+class APIError(ExpertGraphError):
     """An error that becomes an OpenAI-style error response."""
 
     def __init__(
@@ -160,14 +158,18 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.body = ErrorResponse(error=ErrorBody(message=message, type=type, param=param, code=code))
+        self.body = ErrorResponse(
+            error=ErrorBody(message=message, type=type, param=param, code=code)
+        )
         self.headers = dict(headers or {})
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body.model_dump(), status_code=self.status, headers=self.headers)
 
 
-def _error(status: int, message: str, *, type: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, *, type: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
     return APIError(status, message, type=type, code=code, param=param).response()
 
 
@@ -215,7 +217,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if first.get("type") == "json_invalid":
         ctx = first.get("ctx") or {}
         detail = ctx.get("error", first.get("msg", ""))
-        return _error(400, f"invalid JSON body: {detail}", type="invalid_request_error", code="invalid_json")
+        return _error(
+            400, f"invalid JSON body: {detail}", type="invalid_request_error", code="invalid_json"
+        )
     problems: dict[str, str] = {}
     for err in errors:
         name = _field_name(tuple(err.get("loc", ())), exc.body) or "body"
@@ -239,7 +243,9 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-    return _error(500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error")
+    return _error(
+        500, f"internal error: {type(exc).__name__}", type="server_error", code="internal_error"
+    )
 
 
 # ---- ASGI middleware: keys and body size, before anything is parsed --------------------------
@@ -275,12 +281,13 @@ class _Gate:
         if scope["method"] in ("POST", "PUT", "PATCH"):
             body = await self._read_body(scope, receive)
             if body is None:
+                limit = self.settings.max_body_bytes
                 await _send_json(
                     send,
                     413,
                     ErrorResponse(
                         error=ErrorBody(
-                            message=f"request body larger than {self.settings.max_body_bytes} bytes",
+                            message=f"request body larger than {limit} bytes",
                             type="invalid_request_error",
                             code="request_too_large",
                         )
@@ -344,7 +351,9 @@ def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]
     return replayed
 
 
-async def _send_json(send: Any, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+async def _send_json(
+    send: Any, status: int, body: Any, headers: Mapping[str, str] | None = None
+) -> None:
     data = json.dumps(body).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -365,64 +374,36 @@ def _task_for(body: ChatCompletionRequest, settings: ServeSettings) -> Task:
                 param=name,
                 code="invalid_value",
             )
-    structured: StructuredOutput | None = None
-    fmt = body.response_format
-    if isinstance(fmt, JSONObjectFormat):
-        structured = StructuredOutput(kind="json_object")
-    elif isinstance(fmt, JSONSchemaResponseFormat):
-        structured = StructuredOutput(
-            kind="json_schema", schema=fmt.json_schema.schema_, name=fmt.json_schema.name
-        )
-    params: dict[str, Any] = {
-        "max_tokens": body.max_completion_tokens or body.max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "seed": body.seed,
-        "stop": body.stops or None,
-    }
     return chat_task(
         [m.to_core() for m in body.messages],
-        params=params,
-        structured=structured,
-        metadata={"source": "serve", "model": body.model, **({"user": body.user} if body.user else {})},
+        body.model_dump(by_alias=True, exclude={"messages"}),
+        metadata={"source": "serve", "model": body.model},
     )
 
 
-def _usage(result: RunResult) -> CompletionUsage:
-    u = result.usage
-    return CompletionUsage(prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens, total_tokens=u.total_tokens)
-
-
-def _run_info(served: ServedModel, result: RunResult) -> RunInfo:
+def _run_info(served: ServedModel, reply: ChatReply) -> RunInfo:
+    result = reply.result
     return RunInfo(
         run_id=result.run_id,
-        experts=answer_experts(result),
+        experts=reply.experts,
         policy=served.policy,
         stop_reason=result.stop_reason,
         steps=len(result.steps),
-        calls=result.usage.calls,
-        cost=result.usage.cost,
+        calls=reply.usage.calls,
+        cost=reply.usage.cost,
     )
 
 
-def _no_answer(result: RunResult) -> str:
-    return str(NoAnswerError(result))
-
-
-def _completion(served: ServedModel, result: RunResult, body: ChatCompletionRequest, created: int) -> ChatCompletion:
-    text, stopped = truncate_at_stop(result.answer or "", body.stops)
+def _completion(served: ServedModel, reply: ChatReply, created: int) -> ChatCompletion:
     return ChatCompletion(
-        id=f"chatcmpl-{result.run_id}",
+        id=f"chatcmpl-{reply.result.run_id}",
         created=created,
-        model=reply_model(served.id, result),
+        model=reply.model,
         choices=[
-            Choice(
-                message=AssistantMessage(content=text),
-                finish_reason="stop" if stopped else finish_reason(result),
-            )
+            Choice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)
         ],
-        usage=_usage(result),
-        expertgraph=_run_info(served, result),
+        usage=CompletionUsage(**reply.openai_usage()),
+        expertgraph=_run_info(served, reply),
     )
 
 
@@ -431,14 +412,24 @@ def _sse(data: Any) -> bytes:
 
 
 async def _stream(
-    served: ServedModel, task: Task, body: ChatCompletionRequest, run_id: str, settings: ServeSettings
+    served: ServedModel,
+    task: Task,
+    body: ChatCompletionRequest,
+    run_id: str,
+    settings: ServeSettings,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     cid = f"chatcmpl-{run_id}"
 
     def chunk(model: str, delta: ChunkDelta, finish: Any = None, **extra: Any) -> bytes:
-        choices = [] if extra.get("usage") is not None else [ChunkChoice(delta=delta, finish_reason=finish)]
-        data = ChatCompletionChunk(id=cid, created=created, model=model, choices=choices, **extra).model_dump()
+        choices = (
+            []
+            if extra.get("usage") is not None
+            else [ChunkChoice(delta=delta, finish_reason=finish)]
+        )
+        data = ChatCompletionChunk(
+            id=cid, created=created, model=model, choices=choices, **extra
+        ).model_dump()
         # As OpenAI sends them: finish_reason null until the end, no usage key until the usage
         # chunk, a delta with only the fields it carries.
         for key in ("usage", "expertgraph"):
@@ -456,25 +447,33 @@ async def _stream(
         async for event in served.orchestrator.astream(task, run_id=run_id):
             if event.node == "end":
                 result = event.result
-        if result is None or result.answer is None:
-            reason = _no_answer(result) if result is not None else f"run {run_id} ended without a result"
-            yield _sse(
-                ErrorResponse(error=ErrorBody(message=reason, type="expert_error", code="no_answer")).model_dump()
+        if result is None:  # astream always ends with an "end" event, unless it raises
+            raise RuntimeError(f"run {run_id} ended without a result")
+        reply = chat_reply(served.id, result)
+        for piece in stream_pieces(reply.text, settings.stream_words):
+            if piece:
+                yield chunk(reply.model, ChunkDelta(content=piece))
+        yield chunk(reply.model, ChunkDelta(), reply.finish_reason)
+        if body.stream_options is not None and body.stream_options.include_usage:
+            usage = CompletionUsage(**reply.openai_usage())
+            yield chunk(
+                reply.model, ChunkDelta(), usage=usage, expertgraph=_run_info(served, reply)
             )
-        else:
-            model = reply_model(served.id, result)
-            text, stopped = truncate_at_stop(result.answer, body.stops)
-            for piece in stream_pieces(text, settings.stream_words):
-                if piece:
-                    yield chunk(model, ChunkDelta(content=piece))
-            yield chunk(model, ChunkDelta(), "stop" if stopped else finish_reason(result))
-            if body.stream_options is not None and body.stream_options.include_usage:
-                yield chunk(model, ChunkDelta(), usage=_usage(result), expertgraph=_run_info(served, result))
+    except NoAnswerError as exc:
+        yield _sse(
+            ErrorResponse(
+                error=ErrorBody(message=str(exc), type="expert_error", code="no_answer")
+            ).model_dump()
+        )
     except Exception as exc:  # noqa: BLE001 - after the first byte an error can only be an event
         log.exception("run %s failed mid-stream", run_id)
         yield _sse(
             ErrorResponse(
-                error=ErrorBody(message=f"run {run_id} failed: {type(exc).__name__}", type="server_error", code="run_failed")
+                error=ErrorBody(
+                    message=f"run {run_id} failed: {type(exc).__name__}",
+                    type="server_error",
+                    code="run_failed",
+                )
             ).model_dump()
         )
     yield b"data: [DONE]\n\n"
@@ -491,7 +490,9 @@ _SSE_EVENT: dict[str, Any] = {
     "properties": {
         "data": {
             "type": "string",
-            "description": "A ChatCompletionChunk or an ErrorResponse as JSON; the last event is `[DONE]`.",
+            "description": (
+                "A ChatCompletionChunk or an ErrorResponse as JSON; the last event is `[DONE]`."
+            ),
             "contentMediaType": "application/json",
         },
         "event": {"type": "string"},
@@ -501,7 +502,10 @@ _SSE_EVENT: dict[str, Any] = {
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Invalid JSON or field; `error.param` names the field."},
+    400: {
+        "model": ErrorResponse,
+        "description": "Invalid JSON or field; `error.param` names the field.",
+    },
     404: {"model": ErrorResponse, "description": "Unknown model."},
     413: {"model": ErrorResponse, "description": "Request body too large."},
     502: {"model": ErrorResponse, "description": "No expert produced an answer."},
@@ -561,7 +565,9 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
         responses={**auth, 400: _ERRORS[400], 404: _ERRORS[404]},
         tags=["models"],
     )
-    async def get_model(name: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)]) -> ModelCard:
+    async def get_model(
+        name: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)],
+    ) -> ModelCard:
         """One routing configuration by model id ``expertgraph/<name>``."""
         return _retrieve(f"expertgraph/{name}")
 
@@ -571,7 +577,9 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
         responses={**auth, 400: _ERRORS[400], 404: _ERRORS[404]},
         tags=["models"],
     )
-    async def get_model_short(model: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)]) -> ModelCard:
+    async def get_model_short(
+        model: Annotated[str, FastAPIPath(max_length=256, pattern=_NAME_PATTERN)],
+    ) -> ModelCard:
         """One routing configuration by its bare name (``expertgraph`` alone: the default)."""
         return _retrieve(model)
 
@@ -584,7 +592,12 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
                 "(chat.completion.chunk objects, then `[DONE]`). The run's trace id is in "
                 f"the `{TRACE_HEADER}` header.",
                 "content": {"text/event-stream": {"schema": _SSE_EVENT}},
-                "headers": {TRACE_HEADER: {"schema": {"type": "string"}, "description": "The run's trace id."}},
+                "headers": {
+                    TRACE_HEADER: {
+                        "schema": {"type": "string"},
+                        "description": "The run's trace id.",
+                    }
+                },
             },
             **auth,
             **_ERRORS,
@@ -608,10 +621,13 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
             )
         created = int(time.time())
         result = await served.orchestrator.arun(task, run_id=run_id)
-        if result.answer is None:
-            raise APIError(502, _no_answer(result), type="expert_error", code="no_answer", headers=headers)
-        completion = _completion(served, result, body, created)
-        return JSONResponse(completion.model_dump(), headers=headers)
+        try:
+            reply = chat_reply(served.id, result)
+        except NoAnswerError as exc:
+            raise APIError(
+                502, str(exc), type="expert_error", code="no_answer", headers=headers
+            ) from None
+        return JSONResponse(_completion(served, reply, created).model_dump(), headers=headers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -625,7 +641,9 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
 
 def _openapi(app: FastAPI, settings: ServeSettings, catalog: ModelCatalog) -> dict[str, Any]:
     """FastAPI's schema, made to match what the server really does (and name its models)."""
-    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    schema = get_openapi(
+        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+    )
     served = [m.name for m in catalog]
     for path, path_item in schema.get("paths", {}).items():
         if path.startswith("/v1/models/"):
@@ -685,13 +703,19 @@ class ServerThread:
     Port 0 picks a free port; :attr:`url` has the real one once started.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    ) -> None:
         import uvicorn
 
         self.host = host
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="expertgraph-serve", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="expertgraph-serve", daemon=True
+        )
         self.port = port
 
     @property
@@ -717,4 +741,3 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
