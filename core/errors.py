@@ -1,6 +1,33 @@
-"""Typed errors of expertgraph. Every error names what is wrong: the field, the file, the expert."""
+"""Typed errors of expertgraph. Every error names what is wrong: the field, the file, the expert.
+
+One hierarchy; catch ``ExpertGraphError`` for all of them::
+
+    ExpertGraphError
+    ├── ConfigError (ValueError)           a configuration file or object is invalid
+    │   └── UnknownModelError (KeyError)   a model id that names no served configuration
+    ├── UnknownExpertError (KeyError)      a name that refers to no configured expert
+    ├── ExpertLoadError (RuntimeError)     an expert could not be loaded
+    ├── ExpertCallError                    a concrete expert's classified call failure
+    ├── CalculatorError (ValueError)       text the calculator tool cannot evaluate
+    ├── PolicyError (RuntimeError)         a policy/aggregator cannot be built, trained, loaded
+    │   └── InvalidRouterAnswer (ValueError)   an LLM router's answer that cannot be used
+    ├── DatasetError (ValueError)          a routing dataset is missing or malformed
+    │   └── ZeroEvalError                  a ZeroEval folder that does not fit the layout
+    ├── TraceError (RuntimeError)          a trace could not be written or read
+    │   └── TraceCorruptionError           a record that does not parse (file and line named)
+    ├── NoAnswerError (RuntimeError)       a run ended without an answer (adapters raise it)
+    └── MissingDependencyError (ImportError)   an optional extra is needed
+
+Expert failures inside a run are data (``Generation.error``), never raised into the run.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from expertgraph.core.types import RunResult
 
 
 class ExpertGraphError(Exception):
@@ -22,7 +49,9 @@ class UnknownExpertError(ExpertGraphError, KeyError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
-        super().__init__(f"unknown expert {name!r}; configured experts: {', '.join(known) or 'none'}")
+        super().__init__(
+            f"unknown expert {name!r}; configured experts: {', '.join(known) or 'none'}"
+        )
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return self.args[0]
@@ -56,3 +85,59 @@ class MissingDependencyError(ExpertGraphError, ImportError):
         super().__init__(
             f"{package} is needed for this; install it with: pip install 'expertgraph[{extra}]'"
         )
+
+
+class ExpertCallError(ExpertGraphError):
+    """Raised by a concrete expert for a failure it has already classified."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str = "error",
+        status_code: int | None = None,
+        retryable: bool = False,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.type = type
+        self.status_code = status_code
+        self.retryable = retryable
+        self.attempts = attempts
+
+
+class CalculatorError(ExpertGraphError, ValueError):
+    """The text holds no arithmetic the calculator can evaluate."""
+
+
+class InvalidRouterAnswer(PolicyError, ValueError):
+    """The router's answer cannot be used; the message says why."""
+
+
+class DatasetError(ExpertGraphError, ValueError):
+    """A routing dataset is missing, malformed, or asked for a split it does not have."""
+
+
+class ZeroEvalError(DatasetError):
+    """A ZeroEval folder is missing, empty or holds records that do not fit the layout."""
+
+
+class NoAnswerError(ExpertGraphError, RuntimeError):
+    """A run ended without an answer (every expert failed, or a budget ran out first)."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        reason = result.stop_reason or "no result"
+        super().__init__(f"no expert produced an answer (run {result.run_id}: {reason})")
+
+
+class UnknownModelError(ConfigError, KeyError):
+    """A model id that names no served routing configuration."""
+
+    def __init__(self, model: str, known: Sequence[str]) -> None:
+        self.model = model
+        self.known = list(known)
+        super().__init__(f"unknown model {model!r}; served models: {', '.join(known) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
