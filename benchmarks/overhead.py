@@ -33,7 +33,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 
 from expertgraph.agents import CallableExpert  # noqa: E402
-from expertgraph.core import Budget, PlanStep, Task  # noqa: E402
+from expertgraph.core import PlanStep, Task  # noqa: E402
 from expertgraph.orchestrator import Orchestrator  # noqa: E402
 from expertgraph.policies import FixedPolicy, MajorityVote  # noqa: E402
 
@@ -70,7 +70,9 @@ def bare_langgraph_ms(steps: int) -> float:
     graph.add_node("call", call)
     graph.add_node("aggregate", aggregate)
     graph.add_edge(START, "route")
-    graph.add_conditional_edges("route", lambda s: END if s["i"] >= steps else "call", ["call", END])
+    graph.add_conditional_edges(
+        "route", lambda s: END if s["i"] >= steps else "call", ["call", END]
+    )
     graph.add_edge("call", "aggregate")
     graph.add_edge("aggregate", "route")
     compiled = graph.compile()
@@ -96,7 +98,10 @@ def step_overhead_ms(steps: int, trace_dir: Path, plan_length: int = 10) -> floa
         return "42"
 
     orch = Orchestrator(
-        [CallableExpert("instant", instant)], FixedPolicy(["instant"]), MajorityVote(), trace_dir=trace_dir
+        [CallableExpert("instant", instant)],
+        FixedPolicy(["instant"]),
+        MajorityVote(),
+        trace_dir=trace_dir,
     )
     task = Task(plan=[PlanStep(instruction=f"step {i}") for i in range(plan_length)])
     runs = max(1, steps // plan_length)
@@ -117,7 +122,10 @@ def step_overhead_ms(steps: int, trace_dir: Path, plan_length: int = 10) -> floa
 def _start_server(delay_s: float) -> tuple[subprocess.Popen[str], str]:
     code = SERVER_CODE.format(tests=str(ROOT / "tests"))
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(delay_s)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(delay_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -171,7 +179,13 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     api_base = url + "/v1"
     expert = APIExpert("loopback", "openai/bench-model", api_base=api_base)
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
-    orch = Orchestrator([expert], FixedPolicy(["loopback"]), MajorityVote(), trace_dir=trace_dir, defaults={"max_tokens": 8})
+    orch = Orchestrator(
+        [expert],
+        FixedPolicy(["loopback"]),
+        MajorityVote(),
+        trace_dir=trace_dir,
+        defaults={"max_tokens": 8},
+    )
 
     async def complete() -> str:
         response = await litellm.acompletion(
@@ -203,7 +217,7 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for i in range(rounds):  # interleaved, in a rotating order, so drift hits all alike
-        for name in order[i % 3:] + order[: i % 3]:
+        for name in order[i % 3 :] + order[: i % 3]:
             started = time.perf_counter()
             await contenders[name]()
             times[name].append(time.perf_counter() - started)
@@ -228,8 +242,10 @@ def main() -> None:
         trace_dir = Path(tmp)
         floor = bare_langgraph_ms(args.steps)
         step_ms = step_overhead_ms(args.steps, trace_dir / "a")
-        print(f"(a) per step: expertgraph {step_ms:.3f} ms | bare LangGraph loop {floor:.3f} ms "
-              f"| ratio {step_ms / floor:.2f}x   (target <= 2 ms)")
+        print(
+            f"(a) per step: expertgraph {step_ms:.3f} ms | bare LangGraph loop {floor:.3f} ms "
+            f"| ratio {step_ms / floor:.2f}x   (target <= 2 ms)"
+        )
         figures: dict[str, Any] = {
             "step_overhead_ms": round(step_ms, 4),
             "bare_langgraph_step_ms": round(floor, 4),
@@ -244,10 +260,15 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=10)
             label = "instant server" if delay == 0 else f"server taking {delay * 1000:.0f} ms"
-            print(f"(b) {label}: expertgraph {r['ours_ms']:.2f} ms | bare litellm {r['bare_ms']:.2f} ms "
-                  f"| ratio {r['ratio']:.3f}   (target <= 1.05)")
-            print(f"    floor: the same call inside a bare route/call/aggregate LangGraph graph "
-                  f"{r['floor_ms']:.2f} ms | ratio {r['floor_ratio']:.3f}")
+            print(
+                f"(b) {label}: expertgraph {r['ours_ms']:.2f} ms "
+                f"| bare litellm {r['bare_ms']:.2f} ms "
+                f"| ratio {r['ratio']:.3f}   (target <= 1.05)"
+            )
+            print(
+                f"    floor: the same call inside a bare route/call/aggregate LangGraph graph "
+                f"{r['floor_ms']:.2f} ms | ratio {r['floor_ratio']:.3f}"
+            )
             suffix = "" if delay == 0 else "_50ms_server"
             figures[f"litellm_ratio{suffix}"] = round(r["ratio"], 4)
             figures[f"litellm_bare_ms{suffix}"] = round(r["bare_ms"], 3)

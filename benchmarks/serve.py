@@ -34,10 +34,10 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-EXPERT_MODULE = '''
+EXPERT_MODULE = """
 async def instant(text):
     return text
-'''
+"""
 
 CONFIG = """name: bench
 experts:
@@ -51,7 +51,10 @@ trace:
   dir: {traces}
 """
 
-REQUEST = {"model": "expertgraph/bench", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+REQUEST = {
+    "model": "expertgraph/bench",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
 
 
 def bare_app() -> FastAPI:
@@ -68,7 +71,13 @@ def bare_app() -> FastAPI:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             }
         )
@@ -129,7 +138,10 @@ async def _load(name: str, url: str, requests: int, concurrency: int, expect: st
                 started = time.perf_counter()
                 response = await client.post("/v1/chat/completions", json=REQUEST)
                 latencies.append((time.perf_counter() - started) * 1000)
-                if response.status_code != 200 or response.json()["choices"][0]["message"]["content"] != expect:
+                if (
+                    response.status_code != 200
+                    or response.json()["choices"][0]["message"]["content"] != expect
+                ):
                     errors += 1
 
         started = time.perf_counter()
@@ -151,7 +163,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=1, help="alternating measured rounds per server")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating measured rounds per server"
+    )
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,21 +173,33 @@ def main() -> int:
     if args.bare_server:
         import uvicorn
 
-        uvicorn.run(bare_app(), host="127.0.0.1", port=args.bare_server, log_level="warning", access_log=False)
+        uvicorn.run(
+            bare_app(),
+            host="127.0.0.1",
+            port=args.bare_server,
+            log_level="warning",
+            access_log=False,
+        )
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="expertgraph-bench-serve-"))
     (work / "bench_experts.py").write_text(EXPERT_MODULE)
     (work / "bench.yaml").write_text(CONFIG.format(traces=work / "traces"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]),
+    }
     ours_port, bare_port = _free_port(), _free_port()
     ours = subprocess.Popen(
-        [sys.executable, "-m", "expertgraph.orchestrator.cli", "serve", "--config", str(work / "bench.yaml"),
-         "--port", str(ours_port), "--aliases", "none", "--log-level", "warning", "--no-access-log"],
+        [sys.executable, "-m", "expertgraph.orchestrator.cli", "serve",
+         "--config", str(work / "bench.yaml"), "--port", str(ours_port),
+         "--aliases", "none", "--log-level", "warning", "--no-access-log"],
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     bare = subprocess.Popen(
-        [sys.executable, __file__, "--bare-server", str(bare_port)], env=env, stderr=subprocess.DEVNULL
+        [sys.executable, __file__, "--bare-server", str(bare_port)],
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
     try:
         ours_url, bare_url = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{bare_port}"
@@ -184,8 +210,12 @@ def main() -> int:
             asyncio.run(_load("warmup", url, args.warmup, args.concurrency, text))
         runs: dict[str, list[Result]] = {"bare": [], "expertgraph": []}
         for _ in range(args.rounds):
-            runs["bare"].append(asyncio.run(_load("bare", bare_url, args.requests, args.concurrency, text)))
-            runs["expertgraph"].append(asyncio.run(_load("expertgraph", ours_url, args.requests, args.concurrency, text)))
+            runs["bare"].append(
+                asyncio.run(_load("bare", bare_url, args.requests, args.concurrency, text))
+            )
+            runs["expertgraph"].append(
+                asyncio.run(_load("expertgraph", ours_url, args.requests, args.concurrency, text))
+            )
     finally:
         for proc in (ours, bare):
             proc.terminate()
@@ -193,10 +223,16 @@ def main() -> int:
     results = {name: _merge(rs) for name, rs in runs.items()}
     traces = len(list((work / "traces").glob("*.jsonl")))
 
-    print(f"{args.requests} requests x {args.rounds} round(s), concurrency {args.concurrency}, cpus {os.cpu_count()}")
+    print(
+        f"{args.requests} requests x {args.rounds} round(s), "
+        f"concurrency {args.concurrency}, cpus {os.cpu_count()}"
+    )
     print(f"{'server':<12} {'rps':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'errors':>7}")
     for r in results.values():
-        print(f"{r.name:<12} {r.rps:8.1f} {r.pct(0.5):8.1f} {r.pct(0.95):8.1f} {max(r.latencies_ms):8.1f} {r.errors:7d}")
+        print(
+            f"{r.name:<12} {r.rps:8.1f} {r.pct(0.5):8.1f} {r.pct(0.95):8.1f} "
+            f"{max(r.latencies_ms):8.1f} {r.errors:7d}"
+        )
     print(f"expertgraph traces written: {traces}")
     ours_r, bare_r = results["expertgraph"], results["bare"]
     if ours_r.errors or bare_r.errors:

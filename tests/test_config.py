@@ -1,4 +1,6 @@
-"""Configuration files: valid ones build an orchestrator, invalid ones name the file, line and field."""
+"""Configuration files: valid ones build an orchestrator, invalid ones name the file, line and
+field.
+"""
 
 from __future__ import annotations
 
@@ -70,9 +72,14 @@ def test_misspelled_top_level_and_expert_fields(tmp_path: Path) -> None:
 
 
 def test_wrong_types_and_kinds_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"budget.max_steps: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match=r"budget.max_steps: Input should be greater than or equal to 1"
+    ):
         load_config(_write(tmp_path, VALID.replace("max_steps: 3", "max_steps: 0")))
-    with pytest.raises(ConfigError, match=r"cfg.yaml:4: experts\[0\].kind: 'magic' is not one of: 'local', 'api', 'callable'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cfg.yaml:4: experts\[0\].kind: 'magic' is not one of: 'local', 'api', 'callable'",
+    ):
         load_config(_write(tmp_path, VALID.replace("kind: callable", "kind: magic")))
     with pytest.raises(ConfigError, match=r"invalid YAML"):
         load_config(_write(tmp_path, "experts: [\n"))
@@ -81,10 +88,14 @@ def test_wrong_types_and_kinds_are_named(tmp_path: Path) -> None:
 
 
 def test_unknown_policy_and_bad_policy_options(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"policy.name: unknown policy 'telepathy'; known: .*embedding"):
+    with pytest.raises(
+        ConfigError, match=r"policy.name: unknown policy 'telepathy'; known: .*embedding"
+    ):
         Orchestrator.from_config(_write(tmp_path, VALID.replace("name: fixed", "name: telepathy")))
     with pytest.raises(ConfigError, match=r"policy.experts names unknown experts \['nobody'\]"):
-        Orchestrator.from_config(_write(tmp_path, VALID.replace("experts: [calc]", "experts: [nobody]")))
+        Orchestrator.from_config(
+            _write(tmp_path, VALID.replace("experts: [calc]", "experts: [nobody]"))
+        )
     bad_option = VALID.replace("  experts: [calc]", "  experts: [calc]\n  top_kk: 2")
     with pytest.raises(ConfigError, match=r"policy.top_kk: unknown option"):
         Orchestrator.from_config(_write(tmp_path, bad_option))
@@ -94,7 +105,9 @@ def test_duplicate_expert_names_and_bad_callable(tmp_path: Path) -> None:
     duplicate = VALID.replace("name: remote", "name: calc")
     with pytest.raises(ConfigError, match=r"duplicate names \['calc'\]"):
         Orchestrator.from_config(_write(tmp_path, duplicate))
-    missing = VALID.replace("expertgraph.agents.tools:calculator", "expertgraph.agents.tools:abacus")
+    missing = VALID.replace(
+        "expertgraph.agents.tools:calculator", "expertgraph.agents.tools:abacus"
+    )
     with pytest.raises(ConfigError, match=r"expert 'calc'.*has no 'abacus'"):
         Orchestrator.from_config(_write(tmp_path, missing))
 
@@ -112,11 +125,18 @@ experts = ["calc"]
 """
     cfg = load_config(_write(tmp_path, toml, "cfg.toml"))
     assert cfg.experts[0].name == "calc"
-    with pytest.raises(ConfigError, match=r"experts\[0\].kind: missing; it must be one of: 'local', 'api', 'callable'"):
-        load_config(_write(tmp_path, toml.replace('kind = "callable"', 'kindd = "callable"'), "bad.toml"))
+    with pytest.raises(
+        ConfigError,
+        match=r"experts\[0\].kind: missing; it must be one of: 'local', 'api', 'callable'",
+    ):
+        load_config(
+            _write(tmp_path, toml.replace('kind = "callable"', 'kindd = "callable"'), "bad.toml")
+        )
 
 
-def test_cli_reports_config_errors_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_config_errors_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _write(tmp_path, VALID.replace("budget:", "budgt:"))
     assert main(["run", "--config", str(path), "What is 1 + 1?"]) == 2
     err = capsys.readouterr().err
@@ -126,8 +146,22 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path: Path, capsys: p
 def test_cli_run_json_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, VALID)
     plan = tmp_path / "plan.yaml"
-    plan.write_text("steps:\n  - What is 2 + 2?\n  - instruction: What is {step1} * 10?\n    answer_format: {kind: number}\n")
-    code = main(["run", "--config", str(path), "--plan", str(plan), "--json", "--trace-dir", str(tmp_path / "t")])
+    plan.write_text(
+        "steps:\n  - What is 2 + 2?\n"
+        "  - instruction: What is {step1} * 10?\n    answer_format: {kind: number}\n"
+    )
+    code = main(
+        [
+            "run",
+            "--config",
+            str(path),
+            "--plan",
+            str(plan),
+            "--json",
+            "--trace-dir",
+            str(tmp_path / "t"),
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     payload = json.loads(last)

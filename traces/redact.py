@@ -66,15 +66,37 @@ _JSON_SECRET_MEMBER = re.compile(
     r'"((?:' + _SECRET_FIELD_NAMES + r'))":"((?:[^"\\]|\\.)+)"', re.IGNORECASE
 )
 # Lower-case substrings one of which every such member contains.
-_MEMBER_HINTS = ('key":"', 'token":"', 'secret":"', 'passw', 'authorization":"', 'credential', 'cookie":"')
+_MEMBER_HINTS = (
+    'key":"',
+    'token":"',
+    'secret":"',
+    "passw",
+    'authorization":"',
+    "credential",
+    'cookie":"',
+)
 _AUTH_HINTS = ("earer", "EARER", "asic", "ASIC")
 
 
 # Substrings one of which every key shape and auth scheme contains: a string with none of
 # them needs no regex pass (most strings of a trace are model text).
 _TRIGGERS = (
-    "sk-", "AKIA", "ASIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza",
-    "hf_", "earer", "EARER", "asic", "ASIC",
+    "sk-",
+    "AKIA",
+    "ASIA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "xox",
+    "AIza",
+    "hf_",
+    "earer",
+    "EARER",
+    "asic",
+    "ASIC",
 )
 
 
@@ -162,7 +184,9 @@ class Redactor:
             return self.text(value)
         if isinstance(value, dict):
             return {
-                (self.text(k) if isinstance(k, str) else k): self.data(v, key=k if isinstance(k, str) else None)
+                (self.text(k) if isinstance(k, str) else k): self.data(
+                    v, key=k if isinstance(k, str) else None
+                )
                 for k, v in value.items()
             }
         if isinstance(value, list):

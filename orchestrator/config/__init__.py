@@ -1,4 +1,6 @@
-"""The one configuration file (YAML or TOML): its schema, loading with file/line/field errors, and building."""
+"""The one configuration file (YAML or TOML): its schema, loading with file/line/field errors,
+and building.
+"""
 
 from typing import TYPE_CHECKING
 

@@ -1,4 +1,6 @@
-"""The one configuration file (YAML or TOML), validated by pydantic with file, line and field named."""
+"""The one configuration file (YAML or TOML), validated by pydantic with file, line and field
+named.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from expertgraph.agents.api import RetrySettings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from expertgraph.agents import RetrySettings
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import Budget, ExpertCard
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_HOME = ".expertgraph"
 
@@ -86,7 +89,8 @@ class TraceConfig(_Strict):
     redact: bool = True
     """Replace secrets (API keys, bearer tokens, known key shapes) by ``[REDACTED]`` on write."""
     index: bool = True
-    """Keep ``<dir>/index.sqlite`` up to date as runs end (``expertgraph traces summary`` reads it)."""
+    """Keep ``<dir>/index.sqlite`` up to date as runs end (``expertgraph traces summary`` reads
+    it)."""
     otel_endpoint: str | None = None
     """Post each finished run's spans as OTLP/JSON to this collector (``.../v1/traces``)."""
     otel_headers: dict[str, str] = Field(default_factory=dict)
@@ -205,13 +209,20 @@ def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """pydantic puts the union tag in the path (experts.0.local.model); drop it."""
     out: list[Any] = []
     for i, part in enumerate(loc):
-        if i >= 2 and loc[i - 2] == "experts" and isinstance(loc[i - 1], int) and part in _EXPERT_KINDS:
+        if (
+            i >= 2
+            and loc[i - 2] == "experts"
+            and isinstance(loc[i - 1], int)
+            and part in _EXPERT_KINDS
+        ):
             continue
         out.append(part)
     return tuple(out)
 
 
-def config_error(exc: ValidationError, *, path: str, data: Any, lines: dict[tuple[Any, ...], int]) -> ConfigError:
+def config_error(
+    exc: ValidationError, *, path: str, data: Any, lines: dict[tuple[Any, ...], int]
+) -> ConfigError:
     """Turn a pydantic error into one message naming the file, line and field of each problem."""
     problems: list[str] = []
     first_field: str | None = None
@@ -223,7 +234,8 @@ def config_error(exc: ValidationError, *, path: str, data: Any, lines: dict[tupl
             loc = (*loc, str(ctx.get("discriminator", "kind")).strip("'"))
             given = ctx.get("tag")
             message = (f"{given!r} is not" if given else "missing; it must be") + (
-                " one of: " + str(ctx.get("expected_tags", ", ".join(repr(k) for k in _EXPERT_KINDS)))
+                " one of: "
+                + str(ctx.get("expected_tags", ", ".join(repr(k) for k in _EXPERT_KINDS)))
             )
         elif err["type"] == "extra_forbidden":
             message = f"unknown field{_suggestion(loc, data)}"
@@ -240,10 +252,14 @@ def config_error(exc: ValidationError, *, path: str, data: Any, lines: dict[tupl
     return ConfigError(text, path=path, field=first_field)
 
 
-def parse_config(data: Any, *, path: str = "<config>", text: str | None = None) -> ExpertGraphConfig:
+def parse_config(
+    data: Any, *, path: str = "<config>", text: str | None = None
+) -> ExpertGraphConfig:
     """Validate a config mapping; errors name the field (and the line when ``text`` is YAML)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the configuration must be a mapping, got {type(data).__name__}", path=path)
+        raise ConfigError(
+            f"{path}: the configuration must be a mapping, got {type(data).__name__}", path=path
+        )
     lines = _yaml_lines(text) if text is not None else {}
     try:
         return ExpertGraphConfig.model_validate(data)
@@ -257,7 +273,9 @@ def load_config(path: str | Path) -> ExpertGraphConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise ConfigError(
+            f"cannot read config {path}: {exc.strerror or exc}", path=str(path)
+        ) from exc
     if path.suffix == ".toml":
         try:
             data = tomllib.loads(text)
@@ -269,5 +287,7 @@ def load_config(path: str | Path) -> ExpertGraphConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}", path=str(path)) from exc
+        raise ConfigError(
+            f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}", path=str(path)
+        ) from exc
     return parse_config(data, path=str(path), text=text)

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+
 from expertgraph.core.protocols import Embedder
 
 _MERGE_AT = 16

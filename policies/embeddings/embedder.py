@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
 from expertgraph.core.errors import ExpertLoadError, MissingDependencyError
 
 BUNDLED_EMBEDDER = "all-minilm-l6-v2"
