@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         next_instruction,
         step_answer_format,
     )
+    from expertgraph.core.tools import NamedToolChoice, ToolCall, ToolChoice, ToolSpec
     from expertgraph.core.types import (
         AnswerFormat,
         Budget,
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS = {
+    "NamedToolChoice": "expertgraph.core.tools",
+    "ToolCall": "expertgraph.core.tools",
+    "ToolChoice": "expertgraph.core.tools",
+    "ToolSpec": "expertgraph.core.tools",
     "AggregationContext": "expertgraph.core.state",
     "Aggregator": "expertgraph.core.protocols",
     "AnswerFormat": "expertgraph.core.types",
@@ -118,6 +123,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "NamedToolChoice",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
     "AggregationContext",
     "Aggregator",
     "AnswerFormat",

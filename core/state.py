@@ -71,10 +71,21 @@ class RoutingState:
         return self.plan_step.instruction if self.plan_step else None
 
     @property
+    def offers_tools(self) -> bool:
+        """Whether this step offers tools: then only experts that can call tools may act."""
+        return bool(self.task.tools) and self.task.tool_choice != "none"
+
+    @property
     def allowed(self) -> list[ExpertView]:
-        """Experts the plan step allows (all of them when it names none), healthy or not."""
+        """Experts the plan step allows (all of them when it names none), healthy or not;
+        when the step offers tools, only those whose card says they can call tools."""
         names = self.plan_step.experts if self.plan_step and self.plan_step.experts else None
-        return [e for e in self.experts if names is None or e.name in names]
+        tools = self.offers_tools
+        return [
+            e
+            for e in self.experts
+            if (names is None or e.name in names) and (not tools or e.card.tools)
+        ]
 
     @property
     def candidates(self) -> list[ExpertView]:

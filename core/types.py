@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from expertgraph.core.tools import ToolCall, ToolChoice, ToolSpec
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -22,8 +24,12 @@ class Message(_Model):
     """One chat message, in the OpenAI shape."""
 
     role: Role
-    content: str
+    content: str = ""
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    """An assistant message's calls (its content may then be empty)."""
+    tool_call_id: str | None = None
+    """A ``tool`` message: the id of the call whose result it carries."""
 
 
 class Usage(_Model):
@@ -72,6 +78,8 @@ class Generation(_Model):
     sample: int = 0
     """0 for the first call of an expert in a step, 1.. for extra samples asked by a voter."""
     params: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """The calls the expert proposes instead of (or besides) text; in the order it gave."""
 
     @property
     def ok(self) -> bool:
@@ -98,6 +106,9 @@ class ExpertCard(_Model):
     context_limit: int | None = Field(None, gt=0)
     max_concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(60.0, gt=0)
+    tools: bool = False
+    """Whether the expert can call tools; a step that offers tools is never routed to one
+    that cannot."""
 
     def estimate_cost(self, input_tokens: int, output_tokens: int) -> float:
         return (
@@ -152,6 +163,9 @@ class Task(_Model):
     """Generation params for every call of this task (max_tokens, temperature, stop...), over
     the orchestrator's defaults and each expert's own params."""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    tools: list[ToolSpec] | None = None
+    """Tools offered to the experts at every step (OpenAI's ``tools``)."""
+    tool_choice: ToolChoice = "auto"
 
     @model_validator(mode="after")
     def _needs_content(self) -> Task:
@@ -230,6 +244,9 @@ class StepResult(_Model):
     more: SampleRequest | None = None
     stop_reason: str = ""
     meta: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """The action the vote chose when it chose to call tools (the winner's calls, in order);
+    then ``answer`` is the action's canonical form and ``text`` the winner's text, if any."""
 
     @property
     def failed(self) -> bool:
@@ -269,6 +286,8 @@ class RunResult(_Model):
     stop_reason: str = ""
     trace_path: str | None = None
     latency_s: float = 0.0
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Calls the run ended on, for its caller to execute (a client-driven agent's turn)."""
 
     @property
     def ok(self) -> bool:
