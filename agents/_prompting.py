@@ -1,14 +1,17 @@
 """How a local model is prompted: its tokenizer's chat template, or a completion prompt.
 
 Base models without a chat template get ``Question: ...\\nAnswer:`` prompts. A final
-assistant message is continued rather than answered, in both formats.
+assistant message is continued rather than answered, in both formats. Tools are rendered by
+the chat template, when it takes them (:func:`template_takes_tools`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from expertgraph.agents._tool_offer import openai_message
 from expertgraph.agents.base import ExpertCallError
 from expertgraph.core.types import Message
 
@@ -16,6 +19,16 @@ PromptFormat = Literal["auto", "chat", "completion"]
 """``auto``: the chat template when the tokenizer has one, else a completion prompt."""
 
 PROMPT_ERROR = "prompt_error"
+
+_TOOLS_WORD = re.compile(r"\btools\b")
+
+
+def template_takes_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders ``tools`` (its text names them)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, Mapping):  # several named templates (e.g. "default", "tool_use")
+        template = " ".join(str(t) for t in template.values())
+    return bool(template) and bool(_TOOLS_WORD.search(str(template)))
 
 
 def completion_prompt(messages: Sequence[Message]) -> str:
@@ -44,20 +57,26 @@ def continues_answer(messages: Sequence[Message]) -> bool:
 
 
 def encode(
-    tokenizer: Any, device: str, messages: list[Message], fmt: Literal["chat", "completion"]
+    tokenizer: Any,
+    device: str,
+    messages: list[Message],
+    fmt: Literal["chat", "completion"],
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Token ids (and attention mask) of the prompt, on ``device``."""
+    """Token ids (and attention mask) of the prompt, on ``device``; ``tools`` (OpenAI's
+    dicts) go to the chat template."""
     continuing = continues_answer(messages)
     try:
         if fmt == "chat":
-            # Templates know role and content; other fields (a name) are not rendered.
-            conversation = [{"role": m.role, "content": m.content} for m in messages]
+            conversation = [_template_message(m) for m in messages]
+            extra = {"tools": list(tools)} if tools else {}
             enc = tokenizer.apply_chat_template(
                 conversation,
                 add_generation_prompt=not continuing,
                 continue_final_message=continuing,
                 return_tensors="pt",
                 return_dict=True,
+                **extra,
             )
         else:
             enc = tokenizer(completion_prompt(messages), return_tensors="pt")
@@ -66,3 +85,15 @@ def encode(
             f"could not build the {fmt} prompt: {exc}", type=PROMPT_ERROR
         ) from exc
     return {k: v.to(device) for k, v in dict(enc).items()}
+
+
+def _template_message(message: Message) -> dict[str, Any]:
+    # Templates know role and content (a name is not rendered), and, when they take tools,
+    # an assistant's tool_calls (arguments as objects) and a tool result's tool_call_id.
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls or message.tool_call_id is not None:
+        wire = openai_message(message, arguments="object")
+        for key in ("tool_calls", "tool_call_id"):
+            if key in wire:
+                out[key] = wire[key]
+    return out

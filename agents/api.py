@@ -16,8 +16,10 @@ from typing import Any, ClassVar, Literal
 from expertgraph.agents._api_errors import classify_error, safe_message
 from expertgraph.agents._litellm import import_litellm
 from expertgraph.agents._retry import AttemptFailed, RetryLoop, RetrySettings
+from expertgraph.agents._tool_offer import new_call_id, openai_message, take_tool_offer
 from expertgraph.agents.base import INVALID_PARAMS, Expert, RawOutput, call_timeout_s
 from expertgraph.core.errors import ExpertCallError
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import ExpertCard, Message
 
 __all__ = ["APIExpert"]
@@ -55,6 +57,11 @@ class APIExpert(Expert):
     ``stop``, ``seed`` or any other OpenAI parameter); per-call params override them.
     ``attempt_timeout_s`` (per call: ``attempt_timeout``) bounds each attempt; the whole call,
     retries included, is bounded by the card's ``timeout_s`` or the per-call ``timeout``.
+
+    Tools (``tools``, ``tool_choice``, ``parallel_tool_calls``) go to the API in OpenAI's
+    format and the reply's ``message.tool_calls`` come back as ``Generation.tool_calls``
+    (arguments that are not a JSON object give ``invalid``). Calls are not streamed: this
+    expert always asks for one whole answer.
     """
 
     kind = "api"
@@ -155,10 +162,19 @@ class APIExpert(Expert):
             )
         call.pop("stream", None)
         secrets = {k: call.pop(k) for k in list(call) if k in _SECRET_PARAMS}
+        offer = take_tool_offer(call)
+        if offer is not None:
+            call["tools"] = [t.openai() for t in offer.tools]
+            call["tool_choice"] = offer.openai_choice()
+            if offer.parallel is not None:
+                call["parallel_tool_calls"] = offer.parallel
+            # With tools, LiteLLM first checks for its MCP-gateway tools, importing the
+            # optional `mcp` package (absent: every call fails); ours are plain functions.
+            call["_skip_mcp_handler"] = True
         request: dict[str, Any] = {
             **call,
             "model": self.model,
-            "messages": [m.model_dump(exclude_none=True) for m in messages],
+            "messages": [openai_message(m) for m in messages],
             # One layer owns retries: ours. LiteLLM's num_retries and the OpenAI SDK's
             # max_retries would otherwise multiply the attempts and ignore our budget.
             "num_retries": 0,
@@ -195,6 +211,7 @@ class APIExpert(Expert):
         cost = None if self.pricing == "card" else _litellm_cost(litellm, response)
         return RawOutput(
             text=getattr(message, "content", None) or "",
+            tool_calls=_tool_calls(message),
             finish_reason=getattr(choice, "finish_reason", None),
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             output_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
@@ -206,6 +223,28 @@ class APIExpert(Expert):
                 "price_source": "card" if cost is None else "litellm",
             },
         )
+
+
+def _tool_calls(message: Any) -> list[ToolCall]:
+    """The reply's ``message.tool_calls``; arguments are a JSON text on the wire."""
+    out: list[ToolCall] = []
+    for call in getattr(message, "tool_calls", None) or []:
+        function = _field(call, "function")
+        name = _field(function, "name")
+        call_id = str(_field(call, "id") or new_call_id())
+        if not isinstance(name, str) or not name:
+            out.append(ToolCall(id=call_id, name="", invalid="the call names no tool"))
+            continue
+        arguments = _field(function, "arguments")
+        if arguments is not None and not isinstance(arguments, (str, dict)):
+            arguments = str(arguments)
+        out.append(ToolCall.parse(call_id, name, arguments))
+    return out
+
+
+def _field(obj: Any, key: str) -> Any:
+    # LiteLLM gives objects; some providers' passthroughs give plain dicts.
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
 
 
 def _refused(params: Mapping[str, Any], also: frozenset[str] = frozenset()) -> list[str]:

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from expertgraph.agents._tool_offer import message_from_openai, normalise_tool_params
 from expertgraph.core.errors import ExpertCallError
+from expertgraph.core.tools import ToolCall, ToolSpec
 from expertgraph.core.types import ExpertCard, ExpertFailure, Generation, Message
 
 MessageLike = Message | Mapping[str, Any]
@@ -23,6 +25,8 @@ CONTEXT_WINDOW = "context_window"
 """The prompt does not fit the model's context."""
 TIMEOUT = "timeout"
 """No answer within the call's (or an attempt's) timeout."""
+TOOLS_UNSUPPORTED = "tools_unsupported"
+"""The call offers tools, and this expert cannot take them (e.g. its chat template cannot)."""
 
 # Context-local, not global: the timeout of the generate() call running in this task; the
 # task that runs _generate inherits it.
@@ -44,15 +48,18 @@ class RawOutput:
     attempts: int = 1
     model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """The calls the expert proposes, in its order (``text`` may then be empty)."""
 
 
 def to_messages(messages: Sequence[MessageLike] | str) -> list[Message]:
-    """Accept a prompt string, ``Message`` objects or OpenAI-style dicts."""
+    """Accept a prompt string, ``Message`` objects or OpenAI-style dicts (``tool_calls`` in
+    OpenAI's wire shape included)."""
     if isinstance(messages, str):
         return [Message(role="user", content=messages)]
     out: list[Message] = []
     for item in messages:
-        out.append(item if isinstance(item, Message) else Message.model_validate(dict(item)))
+        out.append(item if isinstance(item, Message) else message_from_openai(item))
     return out
 
 
@@ -124,12 +131,15 @@ class Expert(ABC):
         """Answer ``messages``. Failures come back as ``Generation.error``, never raised."""
         sample = int(params.pop("sample", 0))
         timeout = params.pop("timeout", self.card.timeout_s)
-        recorded = _jsonable({k: v for k, v in params.items() if k not in self.secret_params})
+        recorded = _jsonable(
+            {k: _recordable(k, v) for k, v in params.items() if k not in self.secret_params}
+        )
         timeout_s = self.card.timeout_s
         started = time.perf_counter()
         try:
             timeout_s = _seconds(timeout)
             msgs = to_messages(messages)
+            params = normalise_tool_params(params)
             # Loading weights may take a minute once per process; it is not the call's time.
             await self.load()
             started = time.perf_counter()
@@ -167,6 +177,7 @@ class Expert(ABC):
             model=raw.model,
             sample=sample,
             params=recorded,
+            tool_calls=raw.tool_calls,
         )
 
 
@@ -198,6 +209,20 @@ def _failure_from(exc: BaseException, timeout_s: float) -> ExpertFailure:
             type=TIMEOUT, message=f"no answer within {timeout_s:g}s", retryable=True
         )
     return ExpertFailure(type=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+def _recordable(key: str, value: Any) -> Any:
+    # Offered tools are recorded by name (their schemas are the task's, not the call's).
+    if key == "tools" and isinstance(value, (list, tuple)):
+        return [_tool_name(v) for v in value if isinstance(v, (ToolSpec, Mapping))]
+    return value
+
+
+def _tool_name(tool: ToolSpec | Mapping[str, Any]) -> str:
+    if isinstance(tool, ToolSpec):
+        return tool.name
+    inner = tool.get("function")
+    return str((inner if isinstance(inner, Mapping) else tool).get("name"))
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from expertgraph.agents._tool_offer import TOOL_PARAMS, new_call_id
 from expertgraph.agents.base import Expert, RawOutput, last_user_text
 from expertgraph.core.errors import ExpertCallError
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import ExpertCard, Generation, Message
 
 
@@ -21,6 +24,14 @@ class CallableExpert(Expert):
     returns a string, a dict with ``text`` (and optionally ``input_tokens``,
     ``output_tokens``, ``cost``, ``finish_reason``) or a :class:`Generation`. Sync functions
     run in a worker thread so they never block the event loop.
+
+    Tools: the function is passed ``tools`` (a list of :class:`ToolSpec`), ``tool_choice``
+    and ``parallel_tool_calls`` only when its signature accepts them (by name or
+    ``**params``). It may return calls as ``{"text": ..., "tool_calls": [{"id": optional,
+    "name": ..., "arguments": dict or JSON text}, ...]}`` (``text`` is then optional; missing
+    ids are generated); a call whose arguments are not a JSON object comes back with
+    ``invalid`` set. A function that names a ``tools`` parameter can call tools: its card
+    says so unless the card given sets ``tools``.
     """
 
     kind = "callable"
@@ -35,6 +46,9 @@ class CallableExpert(Expert):
         self._accepts_kwargs = any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()
         )
+        self._tool_params = frozenset(k for k in TOOL_PARAMS if k in signature.parameters)
+        if "tools" in self._tool_params and "tools" not in self.card.model_fields_set:
+            self.card = self.card.model_copy(update={"tools": True})
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)
         )
@@ -58,7 +72,10 @@ class CallableExpert(Expert):
 
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
         arg: Any = messages if self._wants_messages else last_user_text(messages)
-        kwargs = params if self._accepts_kwargs else {}
+        if self._accepts_kwargs:
+            kwargs = params
+        else:
+            kwargs = {k: v for k, v in params.items() if k in self._tool_params}
         if self._is_async:
             result = await self.fn(arg, **kwargs)
         else:
@@ -78,17 +95,47 @@ def _to_raw(result: Any, name: str) -> RawOutput:
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
             cost=result.cost,
+            tool_calls=list(result.tool_calls),
         )
     if isinstance(result, dict):
-        if "text" not in result:
-            raise TypeError(f"expert {name!r}: a dict result needs a 'text' key")
+        calls = _calls(result.get("tool_calls"), name)
+        if "text" not in result and not calls:
+            raise TypeError(f"expert {name!r}: a dict result needs a 'text' or 'tool_calls' key")
+        text = result.get("text")
         return RawOutput(
-            text=str(result["text"]),
-            finish_reason=result.get("finish_reason", "stop"),
+            text="" if text is None else str(text),
+            finish_reason=result.get("finish_reason", "tool_calls" if calls else "stop"),
             input_tokens=int(result.get("input_tokens", 0)),
             output_tokens=int(result.get("output_tokens", 0)),
             cost=result.get("cost"),
+            tool_calls=calls,
         )
     if result is None:
         raise TypeError(f"expert {name!r}: the function returned None")
     return RawOutput(text=str(result))
+
+
+def _calls(raw: Any, name: str) -> list[ToolCall]:
+    """The calls of a dict result; malformed arguments give ``invalid``, never an exception."""
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)):
+        raise TypeError(f"expert {name!r}: 'tool_calls' must be a list, got {type(raw).__name__}")
+    out: list[ToolCall] = []
+    for item in raw:
+        if isinstance(item, ToolCall):
+            out.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise TypeError(f"expert {name!r}: a tool call must be a dict, got {item!r}")
+        call_id = str(item.get("id") or new_call_id())
+        body = item["function"] if isinstance(item.get("function"), Mapping) else item
+        tool = body.get("name")  # OpenAI's {"function": {...}} shape is read too
+        arguments = body.get("arguments")
+        if not isinstance(tool, str) or not tool:
+            out.append(ToolCall(id=call_id, name="", invalid="the call names no tool"))
+        elif arguments is None or isinstance(arguments, (str, dict)):
+            out.append(ToolCall.parse(call_id, tool, arguments))
+        else:  # a list, a number...: JSON, but not an object
+            out.append(ToolCall.parse(call_id, tool, json.dumps(arguments, default=str)))
+    return out

@@ -19,9 +19,18 @@ from expertgraph.agents._loading import (
     load_model,
     resolve_source,
 )
-from expertgraph.agents._prompting import PROMPT_ERROR, PromptFormat, continues_answer, encode
-from expertgraph.agents.base import CONTEXT_WINDOW, Expert, RawOutput
+from expertgraph.agents._prompting import (
+    PROMPT_ERROR,
+    PromptFormat,
+    continues_answer,
+    encode,
+    template_takes_tools,
+)
+from expertgraph.agents._tool_offer import ToolOffer, take_tool_offer
+from expertgraph.agents._tool_parsing import MARKERS, parse_tool_output
+from expertgraph.agents.base import CONTEXT_WINDOW, TOOLS_UNSUPPORTED, Expert, RawOutput
 from expertgraph.core.errors import ConfigError, ExpertCallError
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import ExpertCard, Message
 
 __all__ = ["LocalHFExpert"]
@@ -50,6 +59,14 @@ class LocalHFExpert(Expert):
     call. ``device="auto"`` uses CUDA when torch sees it. Loading takes seconds to minutes and
     counts toward the card's timeout when it happens inside a call: ``await expert.load()``
     first. Token costs come from the card.
+
+    Tools (``tools``, ``tool_choice``) are rendered by the chat template when its text takes
+    ``tools``, and the reply's Hermes/Qwen ``<tool_call>`` blocks or Llama-3.1 JSON become
+    ``Generation.tool_calls``; the text outside them stays the text. Once loaded, such a
+    model's card says it can call tools (unless the card given sets ``tools``). A model
+    whose template cannot take tools fails a call that offers them (``tools_unsupported``);
+    ``tool_choice="none"`` answers in text without them. A local model cannot be forced to
+    call: ``"required"`` or a named choice may still get text.
     """
 
     kind = "local"
@@ -145,10 +162,11 @@ class LocalHFExpert(Expert):
     # -- generation ----------------------------------------------------------------------
 
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
+        offer = take_tool_offer(params)
         options = parse_options(params, self._defaults)
         cancel = threading.Event()
         try:
-            return await asyncio.to_thread(self._generate_sync, messages, options, cancel)
+            return await asyncio.to_thread(self._generate_sync, messages, options, cancel, offer)
         except asyncio.CancelledError:
             # The worker thread cannot be killed; tell it to stop at the next token.
             cancel.set()
@@ -160,10 +178,23 @@ class LocalHFExpert(Expert):
             loaded = load_model(source, self.device, self.dtype, self.num_threads)
             self._label = source.label
             self._loaded = loaded
+            if "tools" not in self.card.model_fields_set and self._takes_tools(loaded):
+                self.card = self.card.model_copy(update={"tools": True})
         return self._loaded
 
+    def _takes_tools(self, loaded: LoadedModel) -> bool:
+        return (
+            self.prompt_format != "completion"
+            and loaded.has_chat_template
+            and template_takes_tools(loaded.tokenizer)
+        )
+
     def _generate_sync(
-        self, messages: list[Message], options: Options, cancel: threading.Event
+        self,
+        messages: list[Message],
+        options: Options,
+        cancel: threading.Event,
+        offer: ToolOffer | None = None,
     ) -> RawOutput:
         loaded = self._ensure_loaded()
         fmt = self.resolved_prompt_format()
@@ -172,6 +203,13 @@ class LocalHFExpert(Expert):
                 f"model {self._label!r} has no chat template; use prompt_format='completion'",
                 type=PROMPT_ERROR,
             )
+        tools = offer is not None and offer.active
+        if tools and not (fmt == "chat" and template_takes_tools(loaded.tokenizer)):
+            where = "its chat template" if fmt == "chat" else "a completion prompt"
+            raise ExpertCallError(
+                f"model {self._label!r} cannot be offered tools: {where} does not render them",
+                type=TOOLS_UNSUPPORTED,
+            )
         stops = options.stop + (self.completion_stop if fmt == "completion" else ())
         with loaded.lock:
             if cancel.is_set():
@@ -179,7 +217,8 @@ class LocalHFExpert(Expert):
             if self.num_threads is not None:
                 # Per call, in this worker thread: the setting must hold where generate runs.
                 import_torch().set_num_threads(self.num_threads)
-            inputs = encode(loaded.tokenizer, loaded.device, messages, fmt)
+            specs = [t.openai() for t in offer.tools] if tools and offer else None
+            inputs = encode(loaded.tokenizer, loaded.device, messages, fmt, specs)
             input_len = int(inputs["input_ids"].shape[1])
             max_new = options.max_tokens
             if loaded.context_limit is not None:
@@ -196,7 +235,10 @@ class LocalHFExpert(Expert):
             raise ExpertCallError("cancelled during generation", type=_CANCELLED)
         new_tokens = output[0, input_len:]
         n_out = int(new_tokens.shape[0])
-        text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        if tools:
+            text = _decode_keeping_markers(loaded.tokenizer, new_tokens)
+        else:
+            text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
         cut = find_stop(text, stops)
         if cut is not None:
             text, finish = text[:cut], "stop"
@@ -206,12 +248,30 @@ class LocalHFExpert(Expert):
             finish = "length"
         else:
             finish = "stop"
+        calls: list[ToolCall] = []
+        if tools:
+            parsed = parse_tool_output(text)
+            text, calls = parsed.text, parsed.tool_calls
+            finish = "tool_calls" if calls else finish
         return RawOutput(
             # A continued answer keeps its leading space: it follows the given text.
             text=text.rstrip() if continues_answer(messages) else text.strip(),
+            tool_calls=calls,
             finish_reason=finish,
             input_tokens=input_len,
             output_tokens=n_out,
             model=self._label,
             extra={"prompt_format": fmt, "device": loaded.device},
         )
+
+
+def _decode_keeping_markers(tokenizer: Any, ids: Any) -> str:
+    """The new text without special tokens, except tool-call markers some tokenizers mark
+    special (Llama's ``<|python_tag|>``)."""
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    kept = [
+        i
+        for i in (int(t) for t in ids)
+        if i not in special or tokenizer.convert_ids_to_tokens(i) in MARKERS
+    ]
+    return str(tokenizer.decode(kept, skip_special_tokens=False))

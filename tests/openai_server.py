@@ -12,6 +12,11 @@ Not a test module: import it as ``from openai_server import OpenAIServer, Reply`
 Each request takes the next scripted reply; when the script is empty the ``handler``
 callback (if any) computes the reply from the request, else ``default`` answers. Every
 request is recorded (body, headers, time) so tests can count upstream attempts.
+
+A reply may carry tool calls (``Reply(tool_calls=[ScriptedCall(...)])``), answered in
+``message.tool_calls`` or, streamed, as OpenAI's tool-call deltas. :func:`tool_responder`
+is a rule-based handler for agent loops: it calls the tool a rule names while no tool
+result is in the messages, then answers in text with the result.
 """
 
 from __future__ import annotations
@@ -22,10 +27,29 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+@dataclass
+class ScriptedCall:
+    """One tool call a reply makes. A dict ``arguments`` goes out as its JSON text; a string
+    goes out as is (for arguments that are not JSON)."""
+
+    name: str
+    arguments: dict[str, Any] | str = field(default_factory=dict)
+    id: str | None = None
+    """None: the server makes one up."""
+
+    def wire(self) -> dict[str, Any]:
+        args = self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+        return {
+            "id": self.id or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": self.name, "arguments": args},
+        }
 
 
 @dataclass
@@ -50,6 +74,8 @@ class Reply:
     error_code: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tool_calls: list[ScriptedCall] | None = None
+    """Calls the answer makes (``finish_reason`` should then be ``"tool_calls"``)."""
 
 
 @dataclass
@@ -72,6 +98,20 @@ class RecordedRequest:
             if message.get("role") == "user":
                 return _content_text(message.get("content"))
         return ""
+
+    @property
+    def tool_names(self) -> list[str]:
+        """Names of the tools the request offers."""
+        return [
+            str((t.get("function") or {}).get("name"))
+            for t in self.body.get("tools") or []
+            if isinstance(t, dict)
+        ]
+
+    @property
+    def tool_results(self) -> list[dict[str, Any]]:
+        """The request's ``tool`` messages."""
+        return [m for m in self.messages if m.get("role") == "tool"]
 
 
 ReplyLike = Reply | str | tuple[Any, ...]
@@ -108,6 +148,46 @@ def to_reply(item: ReplyLike) -> Reply:
 def echo_last_user(request: RecordedRequest) -> Reply:
     """A handler that answers with the last user message."""
     return Reply(text=request.last_user_text)
+
+
+@dataclass
+class ToolRule:
+    """Call ``calls`` when the last user message contains ``when`` ("" matches any)."""
+
+    calls: list[ScriptedCall]
+    when: str = ""
+
+
+def tool_responder(rules: Sequence[ToolRule], answer: str = "The result is {result}.") -> Handler:
+    """A handler for tool loops, by rule.
+
+    If tools are offered and no tool result is in the messages, call the tools of the first
+    rule that matches (a named ``tool_choice`` picks the first rule calling that tool;
+    ``"none"`` answers in text); once a tool result is in the messages, answer ``answer``
+    with ``{result}`` the last result's content. No rule matches: None (the default answers).
+    """
+
+    def handle(request: RecordedRequest) -> Reply | None:
+        results = request.tool_results
+        if results:
+            last = _content_text(results[-1].get("content"))
+            return Reply(text=answer.format(result=last))
+        offered = request.tool_names
+        choice = request.body.get("tool_choice")
+        if not offered or choice == "none":
+            return None
+        forced = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        text = request.last_user_text.lower()
+        for rule in rules:
+            names = [c.name for c in rule.calls]
+            if forced is not None and forced not in names:
+                continue
+            if forced is None and rule.when.lower() not in text:
+                continue
+            return Reply(tool_calls=list(rule.calls), finish_reason="tool_calls")
+        return None
+
+    return handle
 
 
 def count_words(text: str) -> int:
@@ -381,6 +461,10 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 {**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
                 for p in pieces
             ]
+            chunks += [
+                {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                for delta in _tool_call_deltas(completion["choices"][0]["message"])
+            ]
             chunks.append(
                 {
                     **base,
@@ -411,9 +495,15 @@ def _completion(server: OpenAIServer, request: RecordedRequest, reply: Reply) ->
         if reply.prompt_tokens is not None
         else sum(count_words(_content_text(m.get("content"))) for m in request.messages)
     )
+    calls = [c.wire() for c in reply.tool_calls or []]
     completion_tokens = (
-        reply.completion_tokens if reply.completion_tokens is not None else count_words(reply.text)
+        reply.completion_tokens
+        if reply.completion_tokens is not None
+        else count_words(reply.text) + sum(count_words(c["function"]["arguments"]) for c in calls)
     )
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+    if calls:
+        message = {"role": "assistant", "content": reply.text or None, "tool_calls": calls}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion",
@@ -422,7 +512,7 @@ def _completion(server: OpenAIServer, request: RecordedRequest, reply: Reply) ->
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.text},
+                "message": message,
                 "finish_reason": reply.finish_reason,
             }
         ],
@@ -432,6 +522,30 @@ def _completion(server: OpenAIServer, request: RecordedRequest, reply: Reply) ->
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _tool_call_deltas(message: dict[str, Any], piece: int = 8) -> list[dict[str, Any]]:
+    """OpenAI's streamed form of ``message.tool_calls``: per call, a delta with its index, id
+    and name, then its arguments text in pieces."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(message.get("tool_calls") or []):
+        deltas.append(
+            {
+                "tool_calls": [
+                    {
+                        "index": index,
+                        "id": call["id"],
+                        "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""},
+                    }
+                ]
+            }
+        )
+        args = call["function"]["arguments"]
+        for start in range(0, len(args), piece):
+            fragment = {"index": index, "function": {"arguments": args[start : start + piece]}}
+            deltas.append({"tool_calls": [fragment]})
+    return deltas
 
 
 def _error_body(status: int, message: str | None, code: str | None) -> dict[str, Any]:
