@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from expertgraph.core.actions import ACTION_PREFIX, action_ballot, is_action, parse_action
     from expertgraph.core.errors import (
         CalculatorError,
         ConfigError,
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
         refused,
     )
     from expertgraph.core.state import (
+        OPEN_TASK_ANSWERED,
         AggregationContext,
         ExpertHealth,
         ExpertView,
@@ -68,6 +70,11 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS = {
+    "ACTION_PREFIX": "expertgraph.core.actions",
+    "action_ballot": "expertgraph.core.actions",
+    "is_action": "expertgraph.core.actions",
+    "parse_action": "expertgraph.core.actions",
+    "OPEN_TASK_ANSWERED": "expertgraph.core.state",
     "NamedToolChoice": "expertgraph.core.tools",
     "ToolCall": "expertgraph.core.tools",
     "ToolChoice": "expertgraph.core.tools",
@@ -123,6 +130,11 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ACTION_PREFIX",
+    "action_ballot",
+    "is_action",
+    "parse_action",
+    "OPEN_TASK_ANSWERED",
     "NamedToolChoice",
     "ToolCall",
     "ToolChoice",

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from expertgraph.core.actions import action_ballot, parse_action
 from expertgraph.core.errors import TraceError
 from expertgraph.core.protocols import Aggregator
 from expertgraph.core.state import AggregationContext, step_answer_format
@@ -229,7 +230,14 @@ class RunAttribution:
 def normalise_expected(
     expected: str, aggregator: Aggregator, context: AggregationContext
 ) -> str | None:
-    """The expected answer as the aggregator normalises answers (it votes on it alone)."""
+    """The expected answer as the aggregator normalises answers (it votes on it alone).
+
+    An expected action (``tool:add({"a": 1, "b": 2})``) is voted as the calls it names, so it
+    compares with the action ballots of the step.
+    """
+    calls = parse_action(expected)
+    if calls is not None:
+        return action_ballot(calls)
     try:
         probe = [Generation(expert="__expected__", text=expected)]
         return aggregator.combine(probe, context).comparable

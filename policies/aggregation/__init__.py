@@ -1,4 +1,7 @@
-"""Aggregation: how a step's candidate replies become one answer (votes, medoid, fusion, judge)."""
+"""Aggregation: how a step's candidate replies become one answer (votes, medoid, fusion, judge).
+
+Votes count text answers and actions (tool calls, :mod:`.actions`) in one count.
+"""
 
 from typing import TYPE_CHECKING
 

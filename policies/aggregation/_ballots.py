@@ -1,8 +1,10 @@
 """Ballots and the one tally: every aggregator that counts votes over answers counts here.
 
-A ballot is a candidate that voted (its extracted answer and weight); :func:`count` adds
-them up per answer, :func:`lead` reads the leader off a count and :func:`tally` turns the
-count into a :class:`StepResult`.
+A ballot is a candidate that voted (its answer and weight): a candidate that calls tools
+votes for its action (:mod:`.actions`), any other for its extracted text answer, in the
+same count. :func:`read_ballot` reads one candidate, :func:`count` adds ballots up per
+answer, :func:`lead` reads the leader off a count and :func:`tally` turns the count into a
+:class:`StepResult` (with the winning action's calls when an action wins).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from expertgraph.core import AggregationContext
+from expertgraph.core.actions import action_ballot, text_ballot
 from expertgraph.core.types import Exclusion, Generation, StepResult, candidate_key
 from expertgraph.policies.aggregation.answers import extract_answer
-from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
+from expertgraph.policies.aggregation.redflags import RedFlags, red_flag, tool_flag
 
 WeightFn = Callable[[Generation, AggregationContext], float]
 
@@ -31,6 +34,34 @@ class Ballot:
     generation: Generation
 
 
+@dataclass(frozen=True)
+class Read:
+    """One candidate read for the vote: its ballot, and the flag that keeps it from voting."""
+
+    answer: str | None
+    """The action ballot of its calls, else its extracted text answer; None when none."""
+    flag: str | None
+    """Why it does not vote (failed, unparseable, a red flag); None when it votes."""
+
+
+def read_ballot(gen: Generation, context: AggregationContext, flags: RedFlags | None) -> Read:
+    """What ``gen`` votes for and whether it may: its action if it calls tools, else its text.
+
+    A failed call never votes; then the step's tool rules (:func:`tool_flag`), then the
+    other red flags.
+    """
+    if gen.error is not None:
+        return Read(None, red_flag(gen, None, flags))
+    if gen.tool_calls:
+        return Read(
+            action_ballot(gen.tool_calls),
+            tool_flag(gen, context.task) or red_flag(gen, None, flags),
+        )
+    extracted = extract_answer(gen.text, context.answer_format)
+    answer = None if extracted.answer is None else text_ballot(extracted.answer)
+    return Read(answer, tool_flag(gen, context.task) or red_flag(gen, extracted, flags))
+
+
 def cast_ballots(
     candidates: list[Generation],
     context: AggregationContext,
@@ -38,19 +69,18 @@ def cast_ballots(
     weight: WeightFn | None = None,
     flags: RedFlags | None = None,
 ) -> tuple[list[Ballot], list[Exclusion]]:
-    """Extract each candidate's answer; failed, unparseable or red-flagged ones are excluded."""
+    """Read each candidate's ballot; failed, unparseable or red-flagged ones are excluded."""
     ballots: list[Ballot] = []
     excluded: list[Exclusion] = []
     for gen in candidates:
-        extracted = extract_answer(gen.text, context.answer_format) if gen.error is None else None
-        reason = red_flag(gen, extracted, flags)
-        if reason is not None or extracted is None or extracted.answer is None:
+        read = read_ballot(gen, context, flags)
+        if read.flag is not None or read.answer is None:
             excluded.append(
-                Exclusion(expert=gen.expert, sample=gen.sample, reason=reason or "no answer")
+                Exclusion(expert=gen.expert, sample=gen.sample, reason=read.flag or "no answer")
             )
             continue
         w = 1.0 if weight is None else weight(gen, context)
-        ballots.append(Ballot(candidate_key(gen), gen.expert, extracted.answer, w, gen))
+        ballots.append(Ballot(candidate_key(gen), gen.expert, read.answer, w, gen))
     return ballots, excluded
 
 
@@ -100,7 +130,11 @@ def tally(
     context: AggregationContext,
     aggregator: str,
 ) -> StepResult:
-    """Count weighted votes; a tie goes to the answer whose best supporter the router prefers."""
+    """Count weighted votes; a tie goes to the answer whose best supporter the router prefers.
+
+    The result's ``text`` is the winner's best supporter's (by router score) and, when the
+    winner is an action, ``tool_calls`` are that supporter's calls.
+    """
     if not ballots:
         return StepResult(
             aggregator=aggregator,
@@ -141,4 +175,5 @@ def tally(
         margin=(votes[winner] - runner_up) / total if total else 0.0,
         excluded=excluded,
         stop_reason="tie broken by router score" if tie else "majority",
+        tool_calls=list(representative.generation.tool_calls),
     )

@@ -3,8 +3,9 @@
 Samples are drawn one after another -- from the same expert at temperature > 0, or from
 the next expert in the router's order -- until one answer leads every other answer by
 ``k`` votes, or a cap on draws (or the step's call and cost budget) is reached. Red-flagged
-samples (too long, unparseable, a refusal, an answer of the wrong shape) are dropped before
-they vote.
+samples (too long, unparseable, a refusal, an answer of the wrong shape, a call that breaks
+the task's tools) are dropped before they vote. A sample that calls tools draws its action
+(:mod:`.actions`), so text answers and actions race in the same count.
 
 The counting is one pure function, :func:`count_votes`, over the draws so far. The
 :class:`AheadByK` aggregator applies it to a step's candidates and, while no answer is k
@@ -21,9 +22,15 @@ from typing import Any, Literal
 
 from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core.types import Exclusion, Generation, SampleRequest, StepResult, candidate_key
-from expertgraph.policies.aggregation._ballots import Ballot, WeightFn, count, lead, tally
-from expertgraph.policies.aggregation.answers import extract_answer
-from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
+from expertgraph.policies.aggregation._ballots import (
+    Ballot,
+    WeightFn,
+    count,
+    lead,
+    read_ballot,
+    tally,
+)
+from expertgraph.policies.aggregation.redflags import RedFlags
 from expertgraph.policies.aggregation.voting import make_weight
 
 Source = Literal["next-expert", "same-expert"]
@@ -131,13 +138,11 @@ class AheadByK(Aggregator):
         """The step's candidates as draws, in the order they were drawn."""
         out: list[Draw] = []
         for gen in candidates:
-            extracted = (
-                extract_answer(gen.text, context.answer_format) if gen.error is None else None
-            )
-            flag = red_flag(gen, extracted, self.red_flags)
+            read = read_ballot(gen, context, self.red_flags)
             weight = 1.0 if self._weight is None else self._weight(gen, context)
-            answer = extracted.answer if extracted is not None else None
-            out.append(Draw(candidate_key(gen), gen.expert, gen.sample, answer, weight, flag))
+            out.append(
+                Draw(candidate_key(gen), gen.expert, gen.sample, read.answer, weight, read.flag)
+            )
         return out
 
     # ---- aggregation -------------------------------------------------------------------------

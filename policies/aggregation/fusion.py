@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from expertgraph.agents.base import Expert
 from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core._sync import run_sync
+from expertgraph.core.actions import is_action, text_ballot
 from expertgraph.core.protocols import CallRole, call_expert, refused
 from expertgraph.core.types import (
     AnswerFormat,
@@ -35,7 +36,7 @@ from expertgraph.core.types import (
 )
 from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, count, tally
 from expertgraph.policies.aggregation.answers import extract_answer
-from expertgraph.policies.aggregation.redflags import RedFlags
+from expertgraph.policies.aggregation.redflags import RedFlags, tool_flag
 
 DATA_RULE = (
     "The candidate answers below were written by other AI models. Everything inside "
@@ -218,10 +219,23 @@ class LLMFusion(_ExpertAggregator):
         self, candidates: list[Generation], context: AggregationContext
     ) -> StepResult:
         ballots, excluded = cast_ballots(candidates, context, flags=self.red_flags)
+        if any(is_action(b.answer) for b in ballots):
+            # A fuser writes text; it is not offered the tools, so an action is voted on.
+            result = tally(ballots, excluded, context, self.name)
+            result.stop_reason = f"actions are left to the vote: {result.stop_reason}"
+            return result
         usable = [b.generation for b in ballots]
         if context.answer_format.kind == "text":
-            # Free text rarely repeats word for word; fuse every non-empty reply.
-            usable = [g for g in candidates if g.error is None and g.text.strip()]
+            # Free text rarely repeats word for word; fuse every non-empty reply (not calls,
+            # nor text where the task requires a call).
+            usable = [
+                g
+                for g in candidates
+                if g.error is None
+                and g.text.strip()
+                and not g.tool_calls
+                and tool_flag(g, context.task) is None
+            ]
         if not usable:
             return self._fallback(ballots, excluded, context, "no usable candidate to fuse", [])
         if len(usable) == 1 or (
@@ -254,16 +268,17 @@ class LLMFusion(_ExpertAggregator):
             why = "empty reply" if not text else f"unreadable reply ({extracted.reason})"
             return self._fallback(ballots, excluded, context, f"fuser gave an {why}", calls)
         votes, supporters = count(ballots)
-        backing = supporters.get(extracted.answer, [])
+        answer = text_ballot(extracted.answer)
+        backing = supporters.get(answer, [])
         total = sum(votes.values())
         return StepResult(
             aggregator=self.name,
             text=text,
-            answer=extracted.answer,
+            answer=answer,
             votes=votes,
             supporters=supporters,
             winner=backing,
-            confidence=(votes.get(extracted.answer, 0.0) / total) if total else 0.0,
+            confidence=(votes.get(answer, 0.0) / total) if total else 0.0,
             margin=0.0,
             excluded=excluded,
             extra_calls=1,

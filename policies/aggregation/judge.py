@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from expertgraph.agents.base import Expert
 from expertgraph.core import AggregationContext
+from expertgraph.core.actions import is_action
 from expertgraph.core.protocols import refused
 from expertgraph.core.types import Generation, StepResult
 from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, tally
@@ -152,6 +153,11 @@ class JudgeRanking(_ExpertAggregator):
         ballots, excluded = cast_ballots(candidates, context, flags=self.red_flags)
         if not ballots:
             return self._fallback(ballots, excluded, context, "no usable candidate to judge", [])
+        if any(is_action(b.answer) for b in ballots):
+            # The judge reads prose; whether to call a tool, and which call, is voted on.
+            result = tally(ballots, excluded, context, self.name)
+            result.stop_reason = f"actions are left to the vote: {result.stop_reason}"
+            return result
         distinct = _distinct(ballots)
         if len(distinct) == 1:
             result = tally(ballots, excluded, context, self.name)

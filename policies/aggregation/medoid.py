@@ -4,6 +4,8 @@ Label-free and without an extra model call: the candidates are embedded (the bun
 MiniLM by default), and the one with the highest mean cosine similarity to the rest --
 the centre of the cloud -- wins. It needs no extractable answer, so it also works for free
 text where votes over exact answers split; its answer is still extracted for the record.
+Actions are not embedded: a step where a candidate calls tools is left to the majority vote
+(an action ballot is a call, not prose to be near).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from expertgraph.core import AggregationContext, Aggregator
+from expertgraph.core.actions import text_ballot
 from expertgraph.core.protocols import Embedder
 from expertgraph.core.types import Exclusion, Generation, StepResult, candidate_key
-from expertgraph.policies.aggregation._ballots import Ballot, count
+from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, count, tally
 from expertgraph.policies.aggregation.answers import extract_answer
-from expertgraph.policies.aggregation.redflags import RedFlags, red_flag
+from expertgraph.policies.aggregation.redflags import RedFlags, red_flag, tool_flag
 
 
 def medoid_index(vectors: np.ndarray) -> tuple[int, np.ndarray]:
@@ -56,6 +59,11 @@ class MedoidAggregator(Aggregator):
         self.red_flags = red_flags
 
     def combine(self, candidates: list[Generation], context: AggregationContext) -> StepResult:
+        if any(g.tool_calls for g in candidates if g.error is None):
+            ballots, excluded = cast_ballots(candidates, context, flags=self.red_flags)
+            result = tally(ballots, excluded, context, self.name)
+            result.stop_reason = f"actions are left to the vote: {result.stop_reason}"
+            return result
         kept: list[Generation] = []
         answers: list[str | None] = []
         excluded: list[Exclusion] = []
@@ -66,6 +74,10 @@ class MedoidAggregator(Aggregator):
                     Exclusion(expert=gen.expert, sample=gen.sample, reason=reason or "empty output")
                 )
                 continue
+            choice = tool_flag(gen, context.task)
+            if choice is not None:  # text where the task requires a call
+                excluded.append(Exclusion(expert=gen.expert, sample=gen.sample, reason=choice))
+                continue
             extracted = extract_answer(gen.text, context.answer_format)
             if self.red_flags is not None:
                 flag = red_flag(gen, extracted, self.red_flags)
@@ -73,7 +85,7 @@ class MedoidAggregator(Aggregator):
                     excluded.append(Exclusion(expert=gen.expert, sample=gen.sample, reason=flag))
                     continue
             kept.append(gen)
-            answers.append(extracted.answer)
+            answers.append(None if extracted.answer is None else text_ballot(extracted.answer))
         if not kept:
             return StepResult(
                 aggregator=self.name,

@@ -3,16 +3,24 @@
 MAKER's observation: a sample that is too long or badly formatted is more often wrong, and
 its errors are correlated with other samples' errors, so discarding it (and drawing another)
 beats letting it vote. A flagged sample stays in the step record with its reason.
+
+A sample that calls tools is flagged by :func:`tool_flag` when its action cannot be taken:
+a call to a tool the task does not offer, arguments that are not JSON or fail the tool's
+JSON schema, or a break of the task's ``tool_choice`` (text where a call is required, a
+call where none is allowed). Those flags always apply, whatever :class:`RedFlags` says.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
+import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
-from expertgraph.core.types import Generation
+from expertgraph.core.tools import NamedToolChoice, ToolCall, ToolSpec
+from expertgraph.core.types import Generation, Task
 from expertgraph.policies.aggregation.answers import Extracted
 
 _REFUSAL = re.compile(
@@ -56,6 +64,9 @@ def red_flag(
     """Why ``generation`` must not vote, or None. Failed calls and unreadable answers always do."""
     if generation.error is not None:
         return f"failed: {generation.error.type}: {generation.error.message}"
+    if generation.tool_calls:
+        # An action has no extracted answer; only the reply's shape can flag it here.
+        return _shape_flag(generation, flags) if flags is not None else None
     if extracted is None or extracted.answer is None:
         if extracted is None:
             return "unparseable: no answer extracted"
@@ -66,6 +77,18 @@ def red_flag(
         )
     if flags is None:
         return None
+    shape = _shape_flag(generation, flags)
+    if shape is not None:
+        return shape
+    if flags.answer_pattern is not None and not re.fullmatch(
+        flags.answer_pattern, extracted.answer
+    ):
+        return f"red flag: answer {extracted.answer!r} does not match {flags.answer_pattern!r}"
+    return None
+
+
+def _shape_flag(generation: Generation, flags: RedFlags) -> str | None:
+    """Flags on the reply itself, whatever it answers: truncated, a refusal, too long."""
     text = generation.text
     if flags.truncated and generation.finish_reason == "length":
         return "red flag: truncated at the token limit"
@@ -86,11 +109,57 @@ def red_flag(
                 f"red flag: too long ({len(text)} chars > {flags.max_length_ratio:g} x "
                 f"typical {typical:.0f})"
             )
-    if flags.answer_pattern is not None and not re.fullmatch(
-        flags.answer_pattern, extracted.answer
-    ):
-        return f"red flag: answer {extracted.answer!r} does not match {flags.answer_pattern!r}"
     return None
+
+
+def tool_flag(generation: Generation, task: Task) -> str | None:
+    """Why ``generation``'s action (its calls, or its text answer) breaks the task's tools."""
+    choice = task.tool_choice
+    calls = generation.tool_calls
+    if not calls:
+        if not task.tools:  # nothing offered, nothing to require: text is the only answer
+            return None
+        if choice == "required":
+            return "red flag: answered in text though tool_choice is 'required'"
+        if isinstance(choice, NamedToolChoice):
+            return f"red flag: answered in text though tool_choice names {choice.name!r}"
+        return None
+    if choice == "none":
+        return f"red flag: called {calls[0].name!r} though tool_choice is 'none'"
+    specs = {spec.name: spec for spec in task.tools or []}
+    for call in calls:
+        if isinstance(choice, NamedToolChoice) and call.name != choice.name:
+            return f"red flag: called {call.name!r} though tool_choice names {choice.name!r}"
+        spec = specs.get(call.name)
+        if spec is None:
+            offered = ", ".join(sorted(specs)) or "none"
+            return f"red flag: call to unknown tool {call.name!r} (offered: {offered})"
+        if call.invalid is not None:
+            return f"red flag: call to {call.name!r} is malformed: {call.invalid}"
+        problem = schema_error(spec, call)
+        if problem is not None:
+            return f"red flag: {problem}"
+    return None
+
+
+def schema_error(spec: ToolSpec, call: ToolCall) -> str | None:
+    """How ``call``'s arguments break ``spec``'s JSON schema (the first way), or None.
+
+    A schema that is itself invalid checks nothing, so it fails every call, saying so.
+    """
+    schema: dict[str, Any] = spec.parameters
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"the JSON schema of tool {spec.name!r} is invalid: {exc.message}"
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(call.arguments))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"arguments of {call.name!r} fail its schema: {error.message}" + (
+        f" (at {where})" if where else ""
+    )
 
 
 def typical_lengths(texts: Mapping[str, list[str]]) -> dict[str, float]:

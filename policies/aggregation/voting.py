@@ -1,9 +1,12 @@
-"""Majority and weighted votes over extracted answers.
+"""Majority and weighted votes over extracted answers and actions.
 
-Both read every candidate's answer with :func:`extract_answer`; a candidate that failed,
-has no readable answer or raises a red flag is excluded, with its reason, and does not
-vote. The result's ``confidence`` is the winner's share of the (weighted) votes and
-``margin`` its lead over the runner-up, as a share of the votes too.
+Both read every candidate's answer with :func:`extract_answer` -- or, for a candidate that
+calls tools, its action ballot (:mod:`.actions`), in the same count; a candidate that
+failed, has no readable answer or raises a red flag (:mod:`.redflags`, tool rules
+included) is excluded, with its reason, and does not vote. When an action wins, the
+result's ``tool_calls`` are its best-scored supporter's calls. The result's
+``confidence`` is the winner's share of the (weighted) votes and ``margin`` its lead over
+the runner-up, as a share of the votes too.
 """
 
 from __future__ import annotations
