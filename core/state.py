@@ -138,15 +138,24 @@ def step_answer_format(task: Task, step: int) -> AnswerFormat:
     return task.answer_format
 
 
+OPEN_TASK_ANSWERED = "open task answered"
+"""The rationale of a policy that finishes an open task once a step answered it in text."""
+
+
 def next_instruction(state: RoutingState) -> str | None:
     """The instruction of the next step for policies that do not write their own.
 
     A plan's step gives it; an open task is answered in one step (the task itself), after
-    which the run finishes. Policies that plan (an LLM router) override this behaviour.
+    which the run finishes, unless that step acted (its vote chose tool calls): then the
+    task goes on, with the results in context, until a step answers in text (an agent
+    loop). Policies that plan (an LLM router) override this behaviour.
     """
     if state.plan_step is not None:
         return state.plan_step.instruction
-    return state.task.text if not state.steps else None
+    last = state.steps[-1].result if state.steps else None
+    if not state.steps or (last is not None and last.tool_calls):
+        return state.task.text
+    return None
 
 
 def finish_decision(state: RoutingState, policy: str, rationale: str) -> Decision:

@@ -13,15 +13,19 @@ if TYPE_CHECKING:
     from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config, parse_config
     from expertgraph.orchestrator.graph import RunGraph
     from expertgraph.orchestrator.orchestrator import Orchestrator, RunEvent
+    from expertgraph.orchestrator.tools import Tool, ToolResult, tool
 
 _EXPORTS = {
     "ExpertGraphConfig": "expertgraph.orchestrator.config.schema",
     "Orchestrator": "expertgraph.orchestrator.orchestrator",
     "RunEvent": "expertgraph.orchestrator.orchestrator",
     "RunGraph": "expertgraph.orchestrator.graph",
+    "Tool": "expertgraph.orchestrator.tools",
+    "ToolResult": "expertgraph.orchestrator.tools",
     "build_from_config": "expertgraph.orchestrator.config.build",
     "load_config": "expertgraph.orchestrator.config.schema",
     "parse_config": "expertgraph.orchestrator.config.schema",
+    "tool": "expertgraph.orchestrator.tools",
 }
 
 __all__ = [
@@ -29,9 +33,12 @@ __all__ = [
     "Orchestrator",
     "RunEvent",
     "RunGraph",
+    "Tool",
+    "ToolResult",
     "build_from_config",
     "load_config",
     "parse_config",
+    "tool",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

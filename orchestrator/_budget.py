@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from expertgraph.core.tools import ToolSpec
 from expertgraph.core.types import ExpertCard, Message, Task, Usage
 
 DEFAULT_MAX_TOKENS = 256
@@ -17,13 +19,20 @@ _EPS = 1e-12  # float sums of estimates must not refuse a call that fits exactly
 
 def estimate_tokens(messages: list[Message]) -> int:
     # About four characters a token for English; only used to stay inside a cost budget.
-    return sum(len(m.content) for m in messages) // 4 + 4 * len(messages)
+    chars = sum(len(m.content) for m in messages)
+    chars += sum(len(c.name) + len(str(c.arguments)) for m in messages for c in m.tool_calls or [])
+    return chars // 4 + 4 * len(messages)
 
 
 def estimate_cost(card: ExpertCard, messages: list[Message], params: Mapping[str, Any]) -> float:
-    """The most a call may cost: its prompt, and ``max_tokens`` of output, priced by the card."""
+    """The most a call may cost: its prompt (and the tools it is offered), and ``max_tokens``
+    of output, priced by the card."""
     max_tokens = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
-    return card.estimate_cost(estimate_tokens(messages), max_tokens)
+    tools = params.get("tools") or []
+    offered = sum(
+        len(json.dumps(t.openai() if isinstance(t, ToolSpec) else t, default=str)) for t in tools
+    )
+    return card.estimate_cost(estimate_tokens(messages) + offered // 4, max_tokens)
 
 
 def fits(max_cost: float | None, spent: float, estimate: float) -> bool:

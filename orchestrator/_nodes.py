@@ -1,7 +1,8 @@
-"""What the graph's nodes do: route a step, make one candidate call, aggregate the candidates.
+"""What the graph's nodes do: route a step, make one candidate call, aggregate the candidates,
+act on the chosen tool calls.
 
-Every expert call and trace write goes through the run's :class:`RunRecorder`; the budget
-arithmetic lives in :mod:`expertgraph.orchestrator._budget`.
+Every expert call, tool call and trace write goes through the run's :class:`RunRecorder`;
+the budget arithmetic lives in :mod:`expertgraph.orchestrator._budget`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from langgraph.types import Send
 
 from expertgraph.core import AggregationContext, ExpertView, RoutingState
 from expertgraph.core.protocols import refused
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import (
     Decision,
     Generation,
@@ -30,12 +32,14 @@ from expertgraph.orchestrator import _budget
 from expertgraph.orchestrator._prompts import build_messages
 from expertgraph.orchestrator._recorder import RunRecorder
 from expertgraph.orchestrator.graph import CallPlan, GraphState
+from expertgraph.orchestrator.tools import Tool, offer_tools
 from expertgraph.traces.schema import (
     AggregateRecord,
     ExpertInfo,
     RouteRecord,
     RunStart,
     StepEnd,
+    ToolRecord,
 )
 from expertgraph.traces.store import new_run_id
 
@@ -52,6 +56,23 @@ def no_answer_reason(step: Step) -> str:
     return "no expert answered: " + (", ".join(dict.fromkeys(why)) or "no candidate")
 
 
+FOR_CALLER = "tool calls for the caller"
+"""Stop reason of a run that ends on an action it has no callable for (RunResult.tool_calls)."""
+
+
+def acted(step: Step | None) -> bool:
+    """Whether a step's vote chose an action (tool calls) rather than a text answer."""
+    return step is not None and step.result is not None and bool(step.result.tool_calls)
+
+
+def results_by_step(records: list[ToolRecord]) -> dict[int, list[str]]:
+    """Each acting step's tool results, in call order: what the next steps' messages carry."""
+    out: dict[int, list[str]] = {}
+    for record in sorted(records, key=lambda r: (r.step, r.index)):
+        out.setdefault(record.step, []).append(record.result)
+    return out
+
+
 class Nodes:
     """The node bodies of one :class:`~expertgraph.orchestrator.graph.RunGraph`."""
 
@@ -61,10 +82,19 @@ class Nodes:
 
     # ---- runs ----------------------------------------------------------------------------
 
-    def open_run(self, task: Task, run_id: str | None = None) -> RunRecorder:
+    def open_run(
+        self, task: Task, run_id: str | None = None, tools: Mapping[str, Tool] | None = None
+    ) -> RunRecorder:
+        """Start a run; ``tools`` (default: the orchestrator's) are offered unless the task
+        names its own, and executed when offered (see :func:`offer_tools`)."""
         run_id = run_id or new_run_id()
+        task, runnable = offer_tools(task, self.orch.tools if tools is None else tools)
         recorder = RunRecorder(
-            run_id=run_id, task=task, writer=self.orch.trace_store.writer(run_id)
+            run_id=run_id,
+            task=task,
+            writer=self.orch.trace_store.writer(run_id),
+            tools=runnable,
+            tool_timeout_s=self.orch.tool_timeout_s,
         )
         self.runs[run_id] = recorder
         recorder.write(
@@ -94,6 +124,7 @@ class Nodes:
                 answer=state.get("answer"),
                 stop_reason=stop_reason,
                 steps=len(state.get("steps") or []),
+                tool_calls=state.get("tool_calls") or [],
             )
 
     # ---- helpers -------------------------------------------------------------------------
@@ -107,6 +138,22 @@ class Nodes:
             **self.orch.expert_params.get(expert, {}),
             **task.params,
             **(extra or {}),
+        }
+
+    @staticmethod
+    def _tool_params(task: Task, steps: list[Step]) -> dict[str, Any]:
+        """What a step offers every expert it calls: the task's tools and ``tool_choice``.
+
+        A ``required`` or named choice holds until the run has acted once, then it is
+        ``auto``: forced to call again after every result, an agent could never answer.
+        """
+        if not task.tools or task.tool_choice == "none":
+            return {}
+        choice = task.tool_choice if not any(acted(s) for s in steps) else "auto"
+        return {
+            "tools": list(task.tools),
+            "tool_choice": choice,
+            "parallel_tool_calls": bool(task.params.get("parallel_tool_calls", True)),
         }
 
     def _estimate(
@@ -153,7 +200,9 @@ class Nodes:
             answer = state.get("answer")
             steps = state.get("steps") or []
             if answer is None and steps and steps[-1].result is not None:
-                answer = steps[-1].result.output
+                # A step that acted answers nothing: only its text, if any, is said.
+                last = steps[-1].result
+                answer = (last.text or None) if last.tool_calls else last.output
         return {
             "stop_reason": reason,
             "answer": answer,
@@ -180,6 +229,7 @@ class Nodes:
             # kept from an earlier invocation names a finished trace that must not grow.
             recorder = self.open_run(task)
             update.update(
+                task=recorder.task,
                 run_id=recorder.run_id,
                 step_index=0,
                 steps=[],
@@ -188,9 +238,12 @@ class Nodes:
                 started_at=recorder.started_at,
                 answer=None,
                 stop_reason=None,
+                tool_results=[],
+                tool_calls=[],
             )
             state = {**state, **update}  # type: ignore[typeddict-item]
         recorder = self.runs[state["run_id"]]
+        task = recorder.task  # with the tools the run offers
         budget = task.budget
         steps = state.get("steps") or []
         index = state.get("step_index", 0)
@@ -209,6 +262,15 @@ class Nodes:
 
         plan_step = task.plan[index] if task.plan is not None else None
         routing_state = self._routing_state(recorder, index, steps, plan_step)
+        if routing_state.offers_tools and not routing_state.allowed:
+            offered = ", ".join(s.name for s in task.tools or [])
+            reason = f"no expert can call tools: the step offers {offered}"
+            if routing_state.plan_step is not None and routing_state.plan_step.experts:
+                reason += f" and allows only {', '.join(routing_state.plan_step.experts)}"
+            reason += " (an expert card needs tools: true)"
+            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            return {**update, **self._stop(state, recorder, reason)}
         caller = recorder.caller(index, plan_step.instruction if plan_step else "")
         routing_state.call = caller
         try:
@@ -230,8 +292,10 @@ class Nodes:
 
         instruction = decision.instruction or (plan_step.instruction if plan_step else task.text)
         decision = self._checked_decision(decision, routing_state)
-        messages = build_messages(task, steps, instruction)
-        chosen, dropped = self._fit_cost(decision.experts, messages, recorder)
+        tool_results = results_by_step(state.get("tool_results") or [])
+        messages = build_messages(task, steps, instruction, tool_results)
+        tool_params = self._tool_params(task, steps)
+        chosen, dropped = self._fit_cost(decision.experts, messages, recorder, tool_params)
         if dropped:
             decision.meta["dropped_for_cost"] = dropped
         if not chosen:
@@ -250,6 +314,7 @@ class Nodes:
             "decision": decision,
             "instruction": instruction,
             "messages": messages,
+            "tool_params": tool_params,
             "plan_step": plan_step,
             "calls": calls,
             "candidates": None,
@@ -290,6 +355,7 @@ class Nodes:
                     "step_index": state["step_index"],
                     "instruction": state["instruction"],
                     "messages": state["messages"],
+                    "tool_params": state.get("tool_params") or {},
                     "call": call,
                 },
             )
@@ -309,7 +375,9 @@ class Nodes:
             step=payload["step_index"],
             instruction=payload["instruction"],
             sample=plan["sample"],
-            **self._params(expert.name, recorder.task, plan["params"]),
+            **self._params(
+                expert.name, recorder.task, {**payload.get("tool_params", {}), **plan["params"]}
+            ),
         )
         # The route fitted this call in the budget with the same estimate, so a refusal is an
         # overrun of calls in flight: the call was not made and is no candidate.
@@ -324,8 +392,10 @@ class Nodes:
         paid at the price of the cheapest expert the step may use."""
         steps = state.get("steps") or []
         routing = self._routing_state(recorder, state["step_index"], steps, state.get("plan_step"))
+        extra = state.get("tool_params")
         estimates = [
-            self._estimate(v.name, state["messages"], recorder.task) for v in routing.candidates
+            self._estimate(v.name, state["messages"], recorder.task, extra)
+            for v in routing.candidates
         ]
         return _budget.calls_left(
             recorder.task,
@@ -348,6 +418,10 @@ class Nodes:
         )
         order = sorted(decision.scores, key=lambda n: decision.scores[n], reverse=True)
         caller = recorder.caller(index, state["instruction"])
+        # The vote judges the step by the tool_choice its experts were given.
+        choice = (state.get("tool_params") or {}).get("tool_choice", task.tool_choice)
+        if choice != task.tool_choice:
+            task = task.model_copy(update={"tool_choice": choice})
         context = AggregationContext(
             task=task,
             instruction=state["instruction"],
@@ -412,6 +486,10 @@ class Nodes:
             "round": 0,
         }
 
+    def _allowed(self, recorder: RunRecorder, plan_step: PlanStep | None) -> set[str]:
+        """Experts the step may use at all (the routing state's rule: plan step, tools)."""
+        return {v.name for v in self._routing_state(recorder, 0, [], plan_step).allowed}
+
     def _fallback_request(
         self,
         candidates: list[Generation],
@@ -421,9 +499,7 @@ class Nodes:
     ) -> SampleRequest | None:
         """No usable answer: route around the failed experts to the next in the router's order."""
         tried = {g.expert for g in candidates}
-        allowed = (
-            set(plan_step.experts) if plan_step and plan_step.experts else set(self.orch.experts)
-        )
+        allowed = self._allowed(recorder, plan_step)
         for name in [*order, *self.orch.experts]:
             if name in tried or name not in allowed or name not in self.orch.experts:
                 continue
@@ -447,8 +523,11 @@ class Nodes:
             next_sample[g.expert] = max(next_sample.get(g.expert, 0), g.sample + 1)
         # Counted again: the aggregator's own calls (a fuser's) may have spent since.
         left = self._calls_left(recorder, state, candidates)
-        names = [n for n in more.experts if n in self.orch.experts][:left]
-        fitting, _ = self._fit_cost(names, state["messages"], recorder, more.params)
+        allowed = self._allowed(recorder, state.get("plan_step"))
+        # An aggregator may ask any expert; one that cannot call tools never gets a tool step.
+        names = [n for n in more.experts if n in self.orch.experts and n in allowed][:left]
+        extra = {**(state.get("tool_params") or {}), **more.params}
+        fitting, _ = self._fit_cost(names, state["messages"], recorder, extra)
         plans: list[CallPlan] = []
         for name in fitting:
             sample = next_sample.get(name, 0)
@@ -460,4 +539,29 @@ class Nodes:
     async def after_aggregate(state: GraphState) -> Any:
         if state.get("round", 0) > 0 and state.get("calls"):
             return Nodes.sends(state)
+        steps = state.get("steps") or []
+        return "act" if steps and acted(steps[-1]) else "route"
+
+    # ---- act -----------------------------------------------------------------------------
+
+    async def act(self, state: GraphState) -> dict[str, Any]:
+        """Execute the action the step's vote chose, its calls in order; or, when the run has
+        no callable for one of them, end the run on it for the caller to execute."""
+        recorder = self.runs[state["run_id"]]
+        step = (state.get("steps") or [])[-1]
+        assert step.result is not None
+        calls: list[ToolCall] = list(step.result.tool_calls)
+        offered = {s.name for s in recorder.task.tools or []}
+        if any(c.name in offered and c.name not in recorder.tools for c in calls):
+            return {**self._stop(state, recorder, FOR_CALLER), "tool_calls": calls}
+        records = [await recorder.act(c, step=step.index, index=i) for i, c in enumerate(calls)]
+        return {
+            "tool_results": [*(state.get("tool_results") or []), *records],
+            "usage": recorder.usage,
+        }
+
+    async def after_act(self, state: GraphState) -> Any:
+        if state.get("stop_reason") is not None:
+            self.close_run(state, state["stop_reason"] or "")
+            return END
         return "route"

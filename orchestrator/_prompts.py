@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from expertgraph.core.types import Message, Step, Task
 
@@ -33,14 +34,44 @@ def fill_placeholders(instruction: str, steps: list[Step]) -> tuple[str, bool]:
     return _PLACEHOLDER.sub(repl, instruction), used
 
 
-def build_messages(task: Task, steps: list[Step], instruction: str) -> list[Message]:
+def _acted(step: Step) -> bool:
+    return step.result is not None and bool(step.result.tool_calls)
+
+
+def agent_turns(steps: Sequence[Step], results: Mapping[int, Sequence[str]]) -> list[Message]:
+    """The conversation of the steps that acted: each one's assistant message with its
+    ``tool_calls``, then one ``tool`` message per call with the result text it got."""
+    out: list[Message] = []
+    for step in steps:
+        if not _acted(step):
+            continue
+        assert step.result is not None
+        calls = list(step.result.tool_calls)
+        texts = results.get(step.index, ())
+        out.append(Message(role="assistant", content=step.result.text, tool_calls=calls))
+        for i, call in enumerate(calls):
+            content = texts[i] if i < len(texts) else "error: the call was not executed"
+            out.append(Message(role="tool", content=content, tool_call_id=call.id))
+    return out
+
+
+def build_messages(
+    task: Task,
+    steps: list[Step],
+    instruction: str,
+    tool_results: Mapping[int, Sequence[str]] | None = None,
+) -> list[Message]:
     """Messages for one expert call.
 
     A chat task keeps its messages. A plan step sees the earlier steps' results, either
     where its instruction names them (``{step1}``) or, when it names none, as a short
     context block before the instruction (MAKER-style decomposition: each step is small and
-    self-contained).
+    self-contained). Steps that acted (called tools) are no context line: they follow the
+    prompt as the agent's turns, an assistant message with the calls and one ``tool``
+    message per result (``tool_results``: step index -> result texts in call order).
     """
+    turns = agent_turns(steps, tool_results or {})
+    told = [s for s in steps if not _acted(s)]
     text, used_placeholders = fill_placeholders(instruction, steps)
     out: list[Message] = []
     if task.system:
@@ -48,14 +79,14 @@ def build_messages(task: Task, steps: list[Step], instruction: str) -> list[Mess
     if task.messages and not task.plan:
         history = [m for m in task.messages if m.role != "system" or not task.system]
         if text.strip() == task.text.strip():
-            return out + history
+            return out + history + turns
         out.extend(history)
     parts: list[str] = []
     if task.plan and task.prompt:
         parts.append(f"Overall task: {task.prompt}")
-    if steps and not used_placeholders:
-        lines = [f"{s.index + 1}. {s.instruction} -> {_seen(s)}" for s in steps]
+    if told and not used_placeholders:
+        lines = [f"{s.index + 1}. {s.instruction} -> {_seen(s)}" for s in told]
         parts.append("Results of earlier steps:\n" + "\n".join(lines))
     parts.append(text)
     out.append(Message(role="user", content="\n\n".join(parts)))
-    return out
+    return out + turns

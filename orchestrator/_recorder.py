@@ -4,7 +4,8 @@ One per run. It owns the run's trace writer, the health of each expert as the ru
 the run's spend. :meth:`RunRecorder.call` is the one path of an expert call, whoever makes
 it (the graph's candidates, a router, a fuser, a judge): it checks the call against the cost
 budget before making it, bounds it by the deadline, then counts it in health and spend and
-writes its :class:`CallRecord`.
+writes its :class:`CallRecord`. :meth:`RunRecorder.act` is the one path of a tool call: it
+runs the call within its timeout and the deadline and writes its :class:`ToolRecord`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 from expertgraph.core.protocols import BUDGET_REFUSED, CallRole, ExpertLike, refused
 from expertgraph.core.state import ExpertHealth
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import ExpertFailure, Generation, Message, Task, Usage
 from expertgraph.orchestrator._budget import estimate_cost, fits, time_left
-from expertgraph.traces.schema import CallRecord, RunEnd, TraceRecord
+from expertgraph.orchestrator.tools import DEFAULT_TOOL_TIMEOUT_S, Tool, execute
+from expertgraph.traces.schema import CallRecord, RunEnd, ToolRecord, TraceRecord
 from expertgraph.traces.store import TraceWriter
 
 
@@ -30,6 +33,10 @@ class RunRecorder:
     task: Task
     writer: TraceWriter
     started_at: float = field(default_factory=time.time)
+    tools: dict[str, Tool] = field(default_factory=dict)
+    """The tools this run executes, by name (those of the task's offered tools it can run)."""
+    tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
+    """A tool call's timeout when its tool sets none."""
     health: dict[str, ExpertHealth] = field(default_factory=dict)
     """Expert name -> its calls and failures so far in this run (every role counts)."""
     usage: Usage = field(default_factory=Usage)
@@ -46,7 +53,14 @@ class RunRecorder:
     def write(self, record: TraceRecord) -> None:
         self.writer.write(record)
 
-    def close(self, *, answer: str | None, stop_reason: str, steps: int) -> None:
+    def close(
+        self,
+        *,
+        answer: str | None,
+        stop_reason: str,
+        steps: int,
+        tool_calls: list[ToolCall] | None = None,
+    ) -> None:
         """Write the run's end and close its trace."""
         self.write(
             RunEnd(
@@ -56,6 +70,7 @@ class RunRecorder:
                 usage=self.usage,
                 steps=steps,
                 latency_s=time.time() - self.started_at,
+                tool_calls=list(tool_calls or []),
             )
         )
         self.writer.close()
@@ -141,6 +156,34 @@ class RunRecorder:
             )
         )
         return generation
+
+    # ---- the one tool path ------------------------------------------------------------------
+
+    async def act(self, call: ToolCall, *, step: int, index: int) -> ToolRecord:
+        """Execute one call of a step's chosen action and write its :class:`ToolRecord`.
+
+        Never raises: an unknown tool, bad arguments, an exception or a timeout (the tool's,
+        else the run's tool timeout, cut short by the deadline) become the result's text.
+        """
+        tool = self.tools.get(call.name)
+        timeout = (tool.timeout_s if tool and tool.timeout_s else None) or self.tool_timeout_s
+        left = time_left(self.task, self.started_at)
+        if left is not None:
+            timeout = min(timeout, left)
+        result = await execute(call, tool, timeout, [s.name for s in self.task.tools or []])
+        record = ToolRecord(
+            run_id=self.run_id,
+            step=step,
+            index=index,
+            call_id=call.id,
+            name=call.name,
+            arguments=dict(call.arguments),
+            result=result.content,
+            latency_s=result.latency_s,
+            error=result.error,
+        )
+        self.write(record)
+        return record
 
     def caller(self, step: int, instruction: str) -> PhaseCall:
         """The :class:`~expertgraph.core.protocols.ExpertCall` a policy or aggregator gets."""

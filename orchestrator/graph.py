@@ -1,4 +1,6 @@
-"""The LangGraph state machine: route -> dispatch (Send fan-out) -> aggregate -> route ... -> END.
+"""The LangGraph state machine: route -> dispatch (Send fan-out) -> aggregate -> [act ->] route
+... -> END. A step whose vote chose tool calls goes through ``act``, which executes them (or
+ends the run on them, for a caller to execute).
 
 This module is the wiring and the state types; the node bodies are in
 :mod:`expertgraph.orchestrator._nodes`, each run's calls and trace in its
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import (
     Decision,
     Generation,
@@ -22,10 +25,12 @@ from expertgraph.core.types import (
     Usage,
 )
 from expertgraph.orchestrator._recorder import RunRecorder
+from expertgraph.traces.schema import ToolRecord
 
 if TYPE_CHECKING:
     from expertgraph.orchestrator._nodes import Nodes
     from expertgraph.orchestrator.orchestrator import Orchestrator
+    from expertgraph.orchestrator.tools import Tool
 
 
 def _merge_candidates(
@@ -54,6 +59,8 @@ class GraphState(TypedDict, total=False):
     instruction: str
     messages: list[Message]
     """The step's messages, built once when it is routed and sent to every call of the step."""
+    tool_params: dict[str, Any]
+    """What the step offers each call: ``tools``, ``tool_choice``, ``parallel_tool_calls``."""
     plan_step: PlanStep | None
     calls: list[CallPlan]
     candidates: Annotated[list[Generation], _merge_candidates]
@@ -64,6 +71,10 @@ class GraphState(TypedDict, total=False):
     answer: str | None
     stop_reason: str | None
     started_at: float
+    tool_results: list[ToolRecord]
+    """Every tool call the run executed so far; the next steps' messages carry the results."""
+    tool_calls: list[ToolCall]
+    """The action the run ended on, for its caller to execute (``RunResult.tool_calls``)."""
 
 
 class RunGraph:
@@ -86,20 +97,24 @@ class RunGraph:
         graph.add_node("route", nodes.route)
         graph.add_node("call", nodes.call)
         graph.add_node("aggregate", nodes.aggregate)
+        graph.add_node("act", nodes.act)
         graph.add_edge(START, "route")
         graph.add_conditional_edges("route", nodes.after_route, ["call", END])
         graph.add_edge("call", "aggregate")
-        graph.add_conditional_edges("aggregate", nodes.after_aggregate, ["call", "route"])
+        graph.add_conditional_edges("aggregate", nodes.after_aggregate, ["call", "act", "route"])
+        graph.add_conditional_edges("act", nodes.after_act, ["route", END])
         return graph.compile()
 
     @staticmethod
     def recursion_limit(task: Task) -> int:
-        per_step = 3 + 2 * task.budget.max_calls_per_step
+        per_step = 4 + 2 * task.budget.max_calls_per_step
         return task.max_steps * per_step + 10
 
-    def open_run(self, task: Task, run_id: str | None = None) -> RunRecorder:
+    def open_run(
+        self, task: Task, run_id: str | None = None, tools: Mapping[str, Tool] | None = None
+    ) -> RunRecorder:
         """Start a run's trace; its recorder lives until :meth:`close_run`."""
-        return self.nodes.open_run(task, run_id)
+        return self.nodes.open_run(task, run_id, tools)
 
     def close_run(self, state: Mapping[str, Any], stop_reason: str) -> None:
         self.nodes.close_run(state, stop_reason)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +18,17 @@ from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import Budget, RunResult, Task, Usage
 from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config
 from expertgraph.orchestrator.graph import GraphState, RunGraph
+from expertgraph.orchestrator.tools import DEFAULT_TOOL_TIMEOUT_S, Tool, as_tools
 from expertgraph.traces.store import TraceStore
 
 TaskLike = Task | str | Mapping[str, Any]
+ToolLike = Tool | Callable[..., Any]
 
 
 @dataclass
 class RunEvent:
-    """One streamed event: a node finished (``route``, ``call``, ``aggregate``) or the run ended."""
+    """One streamed event: a node finished (``route``, ``call``, ``aggregate``, ``act``) or the
+    run ended."""
 
     node: str
     run_id: str
@@ -39,6 +42,14 @@ class Orchestrator:
 
     Build it from live objects (``Orchestrator([expert, ...], policy)``) or from a config
     file (:meth:`from_config`). The compiled LangGraph graph is :attr:`graph`.
+
+    ``tools`` (:class:`~expertgraph.orchestrator.tools.Tool` objects or plain functions) make
+    every run an agent loop: each step's experts are offered them, the vote chooses an action
+    or a text answer, the chosen calls run (each within its timeout, ``tool_timeout_s`` by
+    default) and the next step sees their results, until a text answer or a limit.
+    ``arun(task, tools=...)`` gives one run other tools. A task that names its own ``tools``
+    offers those; a call of one the run has no callable for ends the run with
+    ``RunResult.tool_calls``, for the caller to execute.
     """
 
     def __init__(
@@ -56,6 +67,8 @@ class Orchestrator:
         expert_params: Mapping[str, Mapping[str, Any]] | None = None,
         name: str = "default",
         config_snapshot: dict[str, Any] | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
     ) -> None:
         if not experts:
             raise ConfigError("an orchestrator needs at least one expert", field="experts")
@@ -88,6 +101,10 @@ class Orchestrator:
         unknown = sorted(set(self.expert_params) - set(self.experts))
         if unknown:
             raise ConfigError(f"params given for unknown experts {unknown}", field="expert_params")
+        if not tool_timeout_s > 0:
+            raise ConfigError("tool_timeout_s must be > 0", field="tool_timeout_s")
+        self.tools: dict[str, Tool] = as_tools(tools)
+        self.tool_timeout_s = float(tool_timeout_s)
         self.config_snapshot = config_snapshot or {
             "experts": names,
             "policy": policy.name,
@@ -135,10 +152,12 @@ class Orchestrator:
             task = task.model_copy(update={"budget": self.budget})
         return task
 
-    def _initial_state(self, task: Task, run_id: str | None) -> tuple[GraphState, dict[str, Any]]:
-        ctx = self._graph.open_run(task, run_id)
+    def _initial_state(
+        self, task: Task, run_id: str | None, tools: Sequence[ToolLike] | None
+    ) -> tuple[GraphState, dict[str, Any]]:
+        ctx = self._graph.open_run(task, run_id, None if tools is None else as_tools(tools))
         state: GraphState = {
-            "task": task,
+            "task": ctx.task,
             "run_id": ctx.run_id,
             "step_index": 0,
             "steps": [],
@@ -147,47 +166,69 @@ class Orchestrator:
             "started_at": ctx.started_at,
             "answer": None,
             "stop_reason": None,
+            "tool_results": [],
+            "tool_calls": [],
         }
         config = {"recursion_limit": self._graph.recursion_limit(task)}
         return state, config
 
-    def _result(self, state: Mapping[str, Any], task: Task, started: float) -> RunResult:
+    def _result(self, state: Mapping[str, Any], started: float) -> RunResult:
         run_id = state["run_id"]
         return RunResult(
             run_id=run_id,
-            task=task,
+            task=state["task"],
             answer=state.get("answer"),
             steps=list(state.get("steps") or []),
             usage=state.get("usage") or Usage(),
             stop_reason=state.get("stop_reason") or "",
             trace_path=str(self.trace_store.path_for(run_id)),
             latency_s=time.perf_counter() - started,
+            tool_calls=list(state.get("tool_calls") or []),
         )
 
-    async def arun(self, task: TaskLike, *, run_id: str | None = None) -> RunResult:
-        """Run a task to the end and return its result; the trace is written as it goes."""
+    async def arun(
+        self,
+        task: TaskLike,
+        *,
+        run_id: str | None = None,
+        tools: Sequence[ToolLike] | None = None,
+    ) -> RunResult:
+        """Run a task to the end and return its result; the trace is written as it goes.
+
+        ``tools``: this run's tools instead of the orchestrator's.
+        """
         task = self.as_task(task)
         started = time.perf_counter()
-        state, config = self._initial_state(task, run_id)
+        state, config = self._initial_state(task, run_id, tools)
         try:
             final = await self.graph.ainvoke(state, config=config)
         except BaseException as exc:
             reason = f"error: {type(exc).__name__}: {exc}"
             self._graph.close_run({**state, "stop_reason": reason}, reason)
             raise
-        return self._result(final, task, started)
+        return self._result(final, started)
 
-    def run(self, task: TaskLike, *, run_id: str | None = None) -> RunResult:
+    def run(
+        self,
+        task: TaskLike,
+        *,
+        run_id: str | None = None,
+        tools: Sequence[ToolLike] | None = None,
+    ) -> RunResult:
         """Synchronous :meth:`arun`; inside a running event loop it runs on a worker thread."""
-        return run_sync(self.arun(task, run_id=run_id))
+        return run_sync(self.arun(task, run_id=run_id, tools=tools))
 
     async def astream(
-        self, task: TaskLike, *, run_id: str | None = None
+        self,
+        task: TaskLike,
+        *,
+        run_id: str | None = None,
+        tools: Sequence[ToolLike] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Run a task, yielding an event as each node finishes and a final ``end`` event."""
         task = self.as_task(task)
         started = time.perf_counter()
-        state, config = self._initial_state(task, run_id)
+        state, config = self._initial_state(task, run_id, tools)
         current: dict[str, Any] = dict(state)
         try:
             async for chunk in self.graph.astream(state, config=config, stream_mode="updates"):
@@ -212,7 +253,7 @@ class Orchestrator:
             reason = f"error: {type(exc).__name__}: {exc}"
             self._graph.close_run({**current, "stop_reason": reason}, reason)
             raise
-        result = self._result(current, task, started)
+        result = self._result(current, started)
         yield RunEvent(
             node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result
         )

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         RunEnd,
         RunStart,
         StepEnd,
+        ToolRecord,
         TraceRecord,
     )
     from expertgraph.traces.store import (
@@ -65,6 +66,7 @@ _EXPORTS = {
     "RouteRecord": "expertgraph.traces.schema",
     "RunAttribution": "expertgraph.traces.attribution",
     "RunEnd": "expertgraph.traces.schema",
+    "ToolRecord": "expertgraph.traces.schema",
     "RunStart": "expertgraph.traces.schema",
     "RunTrace": "expertgraph.traces.store",
     "StepAttribution": "expertgraph.traces.attribution",
@@ -112,6 +114,7 @@ __all__ = [
     "RouteRecord",
     "RunAttribution",
     "RunEnd",
+    "ToolRecord",
     "RunStart",
     "RunTrace",
     "StepAttribution",

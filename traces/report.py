@@ -1,7 +1,8 @@
 """A self-contained HTML report of one run or a whole trace directory.
 
 The page holds the step-by-step route (router scores, chosen experts), every candidate
-(answer, text, error, cost, latency), the votes and winner, attribution bars (Shapley and
+(answer, text or tool calls, error, cost, latency), the votes and winner, the agent's turns
+(each step's chosen action and its tool results), attribution bars (Shapley and
 leave-one-out, when given) and PNG plots (matplotlib) of expert usage, cost and score,
 embedded as base64 data URIs: no script, no external asset, one file to mail around.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import candidate_key
 from expertgraph.traces.attribution import RunAttribution
 from expertgraph.traces.labels import Label, LabelStore
@@ -154,6 +157,53 @@ def _bars(values: dict[str, float]) -> str:
     return "".join(rows)
 
 
+def _calls_html(calls: Sequence[ToolCall]) -> str:
+    return "".join(
+        f"<div><b>{_e(c.name)}</b> <code>{_e(json.dumps(c.arguments, ensure_ascii=False))}</code>"
+        + (f" <span class='err'>{_e(c.invalid)}</span>" if c.invalid else "")
+        + "</div>"
+        for c in calls
+    )
+
+
+def _turns_section(trace: RunTrace) -> str:
+    """The agent's turns: each step that acted, its chosen calls and what each returned."""
+    records = trace.tool_records()
+    acting = [s for s in trace.steps() if s.result is not None and s.result.tool_calls]
+    end = trace.end
+    if not records and not acting:
+        return ""
+    rows = []
+    for step in acting:
+        assert step.result is not None
+        ran = [r for r in records if r.step == step.index]
+        for i, call in enumerate(step.result.tool_calls):
+            record = next((r for r in ran if r.index == i), None)
+            if record is None:
+                result = "<span class='muted'>not executed (for the caller)</span>"
+                latency = "-"
+            elif record.error:
+                result = f"<span class='err'><pre>{_e(record.result)}</pre></span>"
+                latency = f"{_num(record.latency_s, 3)}s"
+            else:
+                result = f"<pre>{_e(record.result)}</pre>"
+                latency = f"{_num(record.latency_s, 3)}s"
+            rows.append(
+                f"<tr><td class='num'>{step.index}</td><td>{_e(call.id)}</td>"
+                f"<td>{_calls_html([call])}</td><td>{result}</td>"
+                f"<td class='num'>{latency}</td></tr>"
+            )
+    pending = (
+        f"<p class='muted'>ended on calls for the caller: {_calls_html(end.tool_calls)}</p>"
+        if end is not None and end.tool_calls
+        else ""
+    )
+    return (
+        "<h3>Agent turns</h3><table class='turns'><tr><th>step</th><th>call id</th>"
+        f"<th>action</th><th>result</th><th>latency</th></tr>{''.join(rows)}</table>{pending}"
+    )
+
+
 def _run_section(
     trace: RunTrace, labels: dict[int | None, Label], attribution: RunAttribution | None
 ) -> str:
@@ -214,7 +264,7 @@ def _run_section(
             body = (
                 f"<span class='err'>{_e(g.error.type)}: {_e(g.error.message)}</span>"
                 if g.error
-                else f"<pre>{_e(g.text[:600])}</pre>"
+                else f"<pre>{_e(g.text[:600])}</pre>" + _calls_html(g.tool_calls)
             )
             rows.append(
                 f"<tr class='{cls}'><td>{_e(key)}</td><td>{_e(answers.get(key, '-'))}</td>"
@@ -253,6 +303,7 @@ def _run_section(
             f"<td>{route}</td><td>{candidates}</td><td>{votes}</td><td>{outcome}</td><td>{attribution_html}</td></tr>"
         )
     parts.append("</tbody></table>")
+    parts.append(_turns_section(trace))
     if attribution and attribution.steps:
         parts.append(
             "<h3>Run attribution</h3>"

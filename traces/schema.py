@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from expertgraph.core.protocols import CallRole
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import (
     Decision,
     ExpertCard,
@@ -17,10 +18,10 @@ from expertgraph.core.types import (
     Usage,
 )
 
-TRACE_VERSION = 3
+TRACE_VERSION = 4
 """Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added; 3:
-``CallRecord.role`` added (files of older versions read unchanged). Readers refuse lines of a
-newer version."""
+``CallRecord.role`` added; 4: ``ToolRecord`` and ``RunEnd.tool_calls`` added (files of older
+versions read unchanged). Readers refuse lines of a newer version."""
 
 OMITTED = "[omitted]"
 """What stands in for a prompt or output when content capture is off."""
@@ -94,6 +95,24 @@ class AggregateRecord(_Record):
     result: StepResult
 
 
+class ToolRecord(_Record):
+    """One tool call the orchestrator executed after a step's vote chose it."""
+
+    type: Literal["tool"] = "tool"
+    step: int
+    """The step whose action this call is part of."""
+    index: int = 0
+    """The call's position in the step's action (parallel calls run in order)."""
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: str
+    """The text the next step's experts read (an ``error: ...`` text when it failed)."""
+    latency_s: float = 0.0
+    error: str | None = None
+    """Why the call failed (unknown tool, bad arguments, exception, timeout); None if it ran."""
+
+
 class StepEnd(_Record):
     type: Literal["step_end"] = "step_end"
     step: int
@@ -109,10 +128,12 @@ class RunEnd(_Record):
     usage: Usage
     steps: int
     latency_s: float
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    """Calls the run ended on, for its caller to execute (``RunResult.tool_calls``)."""
 
 
 TraceRecord = Annotated[
-    RunStart | RouteRecord | CallRecord | AggregateRecord | StepEnd | RunEnd,
+    RunStart | RouteRecord | CallRecord | AggregateRecord | ToolRecord | StepEnd | RunEnd,
     Field(discriminator="type"),
 ]
 record_adapter: TypeAdapter[TraceRecord] = TypeAdapter(TraceRecord)

@@ -30,6 +30,7 @@ from expertgraph.traces.schema import (
     RunEnd,
     RunStart,
     StepEnd,
+    ToolRecord,
     TraceRecord,
     record_adapter,
 )
@@ -100,11 +101,18 @@ def append_line(fd: int, path: Path, line: bytes, *, fsync: bool = False) -> Non
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _omit_arguments(calls: list[dict[str, Any]] | None) -> None:
+    # A call's tool name stays (which tool was chosen is no content); its arguments do not.
+    for call in calls or []:
+        call["arguments"] = {key: OMITTED for key in call.get("arguments") or {}}
+
+
 def _omit_content(data: dict[str, Any]) -> None:
     """Replace prompts and outputs of a dumped record by ``[omitted]``, in place.
 
     Answers in votes and supporters become ``[omitted:N]`` placeholders, so who agreed with
     whom survives (agreement-based export still works) while the answers themselves do not.
+    Tool calls keep their tool's name; their arguments and results are omitted.
     """
     kind = data.get("type")
     if kind == "run_start":
@@ -115,6 +123,7 @@ def _omit_content(data: dict[str, Any]) -> None:
             task["system"] = OMITTED
         for message in task.get("messages") or []:
             message["content"] = OMITTED
+            _omit_arguments(message.get("tool_calls"))
         for plan_step in task.get("plan") or []:
             plan_step["instruction"] = OMITTED
     elif kind == "route":
@@ -125,6 +134,7 @@ def _omit_content(data: dict[str, Any]) -> None:
     elif kind == "call":
         data["instruction"] = OMITTED
         data["generation"]["text"] = OMITTED if data["generation"].get("text") else ""
+        _omit_arguments(data["generation"].get("tool_calls"))
     elif kind == "aggregate":
         result = data["result"]
         names: dict[str, str] = {}
@@ -138,11 +148,17 @@ def _omit_content(data: dict[str, Any]) -> None:
             result["answer"] = placeholder(result["answer"])
         if result.get("text"):
             result["text"] = OMITTED
+        _omit_arguments(result.get("tool_calls"))
+    elif kind == "tool":
+        _omit_arguments([data])
+        data["result"] = OMITTED
     elif kind in ("step_end", "run_end"):
         if data.get("answer") is not None:
             data["answer"] = OMITTED
         if kind == "step_end":
             data["instruction"] = OMITTED
+        else:
+            _omit_arguments(data.get("tool_calls"))
 
 
 class TraceWriter:
@@ -322,6 +338,10 @@ class RunTrace:
         """Every routing decision of the run, finish decisions included, in order."""
         return [r for r in self.records if isinstance(r, RouteRecord)]
 
+    def tool_records(self) -> list[ToolRecord]:
+        """Every tool call the orchestrator executed, in order (step, then position)."""
+        return [r for r in self.records if isinstance(r, ToolRecord)]
+
     def final_step(self) -> int | None:
         """Index of the step whose answer became the run's answer (the last answered step)."""
         for step in reversed(self.steps()):
@@ -386,6 +406,7 @@ class RunTrace:
             stop_reason=end.stop_reason if end else "incomplete: no run_end record",
             trace_path=str(self.path),
             latency_s=end.latency_s if end else 0.0,
+            tool_calls=list(end.tool_calls) if end else [],
         )
 
 

@@ -7,7 +7,13 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
+from expertgraph.core import (
+    OPEN_TASK_ANSWERED,
+    Policy,
+    RoutingState,
+    finish_decision,
+    next_instruction,
+)
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import Decision, RoutingExample
 from expertgraph.policies.routing._ranking import format_scores, top_k_decision
@@ -34,7 +40,7 @@ class RandomPolicy(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         rng = self._rng(state)
         scores = {v.name: rng.random() for v in state.candidates}
         return top_k_decision(
@@ -127,7 +133,7 @@ class OraclePolicy(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         known, costs, source = self._lookup(state)
         usable = [v.name for v in state.candidates]
         pool = [n for n in usable if n in known]

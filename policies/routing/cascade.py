@@ -17,7 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
+from expertgraph.core import (
+    OPEN_TASK_ANSWERED,
+    Policy,
+    RoutingState,
+    finish_decision,
+    next_instruction,
+)
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.types import Decision, ExpertCard
 from expertgraph.policies.routing._ranking import routed_around_note
@@ -100,7 +106,7 @@ class CascadePolicy(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         order = cascade_order({v.name: v.card for v in state.candidates}, self.order)
         if self.predictor is None or self.threshold is None:
             n = len(order)

@@ -14,6 +14,7 @@ from expertgraph.core import (
     next_instruction,
 )
 from expertgraph.core.protocols import Embedder
+from expertgraph.core.state import OPEN_TASK_ANSWERED
 from expertgraph.core.types import Decision, ExpertCard
 from expertgraph.policies.embeddings.embedder import SentenceTransformerEmbedder
 from expertgraph.policies.routing._ranking import format_scores, top_k_decision
@@ -77,7 +78,7 @@ class EmbeddingRouter(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         views = state.candidates if self.avoid_failing else state.allowed
         scores = self.score(instruction, views)
         return top_k_decision(

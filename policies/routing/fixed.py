@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
+from expertgraph.core import (
+    OPEN_TASK_ANSWERED,
+    Policy,
+    RoutingState,
+    finish_decision,
+    next_instruction,
+)
 from expertgraph.core.errors import UnknownExpertError
 from expertgraph.core.types import Decision
 
@@ -21,7 +27,7 @@ class FixedPolicy(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         allowed = [v.name for v in state.candidates]
         known = [v.name for v in state.experts]
         for name in self.experts:
@@ -47,7 +53,7 @@ class AllExperts(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         chosen = [v.name for v in state.candidates]
         return Decision(
             instruction=instruction,

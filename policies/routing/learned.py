@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from expertgraph.core import Policy, RoutingState, finish_decision, next_instruction
+from expertgraph.core import (
+    OPEN_TASK_ANSWERED,
+    Policy,
+    RoutingState,
+    finish_decision,
+    next_instruction,
+)
 from expertgraph.core.errors import PolicyError
 from expertgraph.core.protocols import Embedder
 from expertgraph.core.types import Decision
@@ -110,7 +116,7 @@ class LearnedRouter(Policy):
     def decide(self, state: RoutingState) -> Decision:
         instruction = next_instruction(state)
         if instruction is None:
-            return finish_decision(state, self.name, "open task answered in one step")
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
         views = state.candidates if self.avoid_failing else state.allowed
         known = [v.name for v in views if v.name in self.costs]
         if not known:
