@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from openai_server import OpenAIServer, Reply, ScriptedCall, ToolRule, tool_responder
+from tiny_llama import save_tiny_llama
 
 from expertgraph.agents import APIExpert, CallableExpert, LocalHFExpert, RetrySettings
 from expertgraph.agents._prompting import encode, template_takes_tools
@@ -442,27 +443,10 @@ def smol() -> LocalHFExpert:
 @pytest.fixture(scope="module")
 def tools_folder(tmp_path_factory: pytest.TempPathFactory, smol: LocalHFExpert) -> Path:
     """A real model folder: tiny random Llama, SmolLM2's tokenizer with a tool-taking template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("tiny-tools")
     tok = copy.deepcopy(smol.tokenizer)
     tok.chat_template = TOOLS_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(folder, tok, max_positions=1024)
 
 
 @pytest.mark.models

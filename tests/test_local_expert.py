@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_llama import save_tiny_llama
 
 from expertgraph.agents import (
     BUNDLED_MODELS,
@@ -46,26 +47,9 @@ def gemma() -> LocalHFExpert:
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smol: LocalHFExpert) -> Path:
     """A real model folder (config.json + safetensors): tiny random Llama, SmolLM2 tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("tiny-llama")
     tok = smol.tokenizer
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(folder, tok, max_positions=128)
 
 
 def test_importing_does_not_import_torch() -> None:
