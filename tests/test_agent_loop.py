@@ -484,3 +484,26 @@ def test_astream_reports_the_act_node(tmp_path: Path) -> None:
         "end",
     ]
     assert result.answer == "got: 3"
+
+
+def test_tool_executions_are_otel_execute_tool_spans_inside_their_step(tmp_path: Path) -> None:
+    from expertgraph.traces.otel import run_spans, span_id
+
+    experts = [CallableExpert(n, _agent()) for n in "ab"]
+    result = _orchestrator(tmp_path, experts).run("What do apples cost, plus 3?")
+    trace = load_run(result.trace_path or "")
+    spans = run_spans(trace)
+    tools = [s for s in spans if s["name"].startswith("execute_tool")]
+    assert [s["name"] for s in tools] == ["execute_tool lookup", "execute_tool add"]
+
+    def attr(span: dict[str, Any], key: str) -> Any:
+        value = next(a["value"] for a in span["attributes"] if a["key"] == key)
+        return next(iter(value.values()))
+
+    executed = trace.tool_records()
+    for span, record in zip(tools, executed, strict=True):
+        assert span["parentSpanId"] == span_id(trace.run_id, f"step/{record.step}")
+        assert attr(span, "gen_ai.operation.name") == "execute_tool"
+        assert attr(span, "gen_ai.tool.call.id") == record.call_id
+        assert attr(span, "output.value") == record.result
+        assert span["status"]["code"] == 1

@@ -23,6 +23,7 @@ from expertgraph.traces.schema import (
     CallRecord,
     RouteRecord,
     StepEnd,
+    ToolRecord,
 )
 from expertgraph.traces.store import RunTrace
 
@@ -266,6 +267,32 @@ def run_spans(trace: RunTrace) -> list[dict[str, Any]]:
                     },
                     kind=SPAN_KIND_CLIENT,
                     error=f"{g.error.type}: {g.error.message}" if g.error else None,
+                )
+            )
+        elif isinstance(record, ToolRecord):
+            spans.append(
+                _span(
+                    run_id,
+                    f"tool/{record.seq}",
+                    span_id(run_id, f"step/{record.step}")
+                    if record.step in step_bounds
+                    else run_key,
+                    f"execute_tool {record.name}",
+                    record.ts - record.latency_s,
+                    record.ts,
+                    {
+                        "gen_ai.operation.name": "execute_tool",
+                        "gen_ai.tool.name": record.name,
+                        "gen_ai.tool.call.id": record.call_id,
+                        "gen_ai.tool.type": "function",
+                        "openinference.span.kind": "TOOL",
+                        "tool.name": record.name,
+                        "input.value": json.dumps(record.arguments) if content else None,
+                        "output.value": record.result if content else None,
+                        "expertgraph.step": record.step,
+                        "error.type": "tool_error" if record.error else None,
+                    },
+                    error=record.error,
                 )
             )
         previous_ts = record.ts
