@@ -19,13 +19,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from serve_experts import write_config
+from serve_experts import json_writer
 
+from expertgraph.agents import CallableExpert
+from expertgraph.core.tools import NamedToolChoice, ToolChoice, ToolSpec
+from expertgraph.core.types import Message
+from expertgraph.orchestrator import Orchestrator
 from expertgraph.orchestrator.integrations.catalog import ModelCatalog
 from expertgraph.orchestrator.integrations.server import ServerThread, ServeSettings, create_app
+from expertgraph.policies import AllExperts
 
 KEY = "sk-schemathesis-000000"
 MAX_EXAMPLES = 50
@@ -41,13 +47,36 @@ expected-statuses = ["2XX", 401, 403, 404, 409, 413, 429]
 """
 
 
+def tool_writer(
+    messages: list[Message],
+    tools: list[ToolSpec] | None = None,
+    tool_choice: ToolChoice | None = None,
+) -> dict[str, Any]:
+    """``json_writer``, and when a call is forced: a call to the named (or first) tool, with no
+    arguments (which any generated schema short of ``required`` properties accepts)."""
+    if not tools or tool_choice in (None, "auto", "none"):
+        return json_writer(messages)
+    name = tool_choice.name if isinstance(tool_choice, NamedToolChoice) else tools[0].name
+    call = {"name": name, "arguments": {}}
+    return {"text": "", "tool_calls": [call], "input_tokens": 1, "output_tokens": 1}
+
+
 def _catalog(root: Path) -> ModelCatalog:
-    # Experts that always answer, JSON included: a request that asks for JSON from experts
-    # that cannot write it is a documented 502 (no usable answer), which schemathesis would
-    # rightly count as a server error. Those 502s are tested in test_serve.py.
-    write_config(root, "default", {"writer_a": "json_writer", "writer_b": "json_writer"})
-    write_config(root, "solo", {"writer": "json_writer"})
-    return ModelCatalog.from_paths([root], aliases=["all"])
+    # Experts that always answer, JSON and forced tool calls included: a request that asks for
+    # JSON (or a call) from experts that cannot give it is a documented 502 (no usable answer),
+    # which schemathesis would rightly count as a server error. Those 502s are tested in
+    # test_serve.py.
+    def orch(name: str, *experts: str) -> Orchestrator:
+        return Orchestrator(
+            [CallableExpert(e, tool_writer) for e in experts],
+            AllExperts(),
+            trace_dir=root / "traces",
+            name=name,
+        )
+
+    return ModelCatalog.from_orchestrators(
+        [orch("default", "writer_a", "writer_b"), orch("solo", "writer"), orch("all", "writer")]
+    )
 
 
 @pytest.fixture(scope="module")

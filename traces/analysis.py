@@ -31,7 +31,8 @@ from typing import Any
 
 from expertgraph.core.errors import TraceError
 from expertgraph.traces.index import TraceIndex
-from expertgraph.traces.store import DEFAULT_TRACE_DIR
+from expertgraph.traces.schema import RunStart
+from expertgraph.traces.store import DEFAULT_TRACE_DIR, iter_records
 
 
 @dataclass
@@ -46,8 +47,23 @@ class TraceSummary:
     """pandas DataFrame, one row per run (from the index), with its latest run label."""
 
 
-def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -> TraceSummary:
-    """Summarise every run of a trace directory (the index is synced first)."""
+def session_runs(runs: Any, session: str, directory: str | Path) -> set[str]:
+    """Ids of the indexed runs whose task belongs to ``session`` (``metadata["session"]``,
+    which ``expertgraph serve`` sets for the requests of one conversation)."""
+    found: set[str] = set()
+    for run_id, file in zip(runs.get("run_id", []), runs.get("file", []), strict=False):
+        path = Path(file) if Path(file).is_absolute() else Path(directory) / file
+        start = next(iter(iter_records(path)), None) if path.is_file() else None
+        if isinstance(start, RunStart) and start.task.metadata.get("session") == session:
+            found.add(run_id)
+    return found
+
+
+def summarize(
+    directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True, session: str | None = None
+) -> TraceSummary:
+    """Summarise every run of a trace directory (the index is synced first); with
+    ``session``, only the runs of that conversation (see :func:`session_runs`)."""
     import numpy as np
     import pandas as pd
 
@@ -60,6 +76,12 @@ def summarize(directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True) -
     decisions = index.frame("decisions")
     runs = index.frame("runs")
     labels = index.frame("labels")
+    if session is not None:
+        keep = session_runs(runs, session, directory)
+        calls, decisions, runs, labels = (
+            frame[frame["run_id"].isin(keep)].reset_index(drop=True) if len(frame) else frame
+            for frame in (calls, decisions, runs, labels)
+        )
 
     # ---- experts ------------------------------------------------------------------------
     routed: Counter[str] = Counter()

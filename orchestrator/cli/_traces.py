@@ -107,6 +107,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("directory", nargs="?", metavar="DIR")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the tables")
+    p.add_argument(
+        "--session", metavar="ID", help="only the runs of this conversation (its session id)"
+    )
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser(
@@ -230,7 +233,7 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from expertgraph.traces.analysis import print_summary, summarize
 
-    summary = summarize(_trace_dir(args, args.directory))
+    summary = summarize(_trace_dir(args, args.directory), session=args.session)
     print_summary(summary, _console())
     if args.json:
         sys.stdout.flush()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jsonschema
+
 from expertgraph.core.errors import NoAnswerError
+from expertgraph.core.tools import NamedToolChoice, ToolCall, ToolChoice, ToolSpec
 from expertgraph.core.types import (
     AnswerFormat,
     Generation,
@@ -84,6 +87,74 @@ def openai_messages(messages: Iterable[Message | Mapping[str, Any] | Any]) -> li
     ]
 
 
+class ToolRequestError(ValueError):
+    """A request's ``tools`` / ``tool_choice`` cannot be honoured; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec] | None:
+    """OpenAI ``tools`` (``{"type": "function", "function": {...}}``) as specs; none is None."""
+    if not tools:
+        return None
+    specs: list[ToolSpec] = []
+    for i, tool in enumerate(tools):
+        fn = tool.get("function") if tool.get("type") == "function" else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise ToolRequestError(f"tools.{i}", f"tools.{i}: expected a function tool")
+        parameters = fn.get("parameters")
+        if parameters is not None and (
+            not isinstance(parameters, Mapping) or parameters.get("type", "object") != "object"
+        ):
+            raise ToolRequestError(
+                f"tools.{i}.function.parameters",
+                f"tools.{i}.function.parameters: must be a JSON schema of type object",
+            )
+        if parameters is not None:
+            try:
+                jsonschema.validators.validator_for(parameters).check_schema(parameters)
+            except jsonschema.SchemaError as exc:
+                raise ToolRequestError(
+                    f"tools.{i}.function.parameters",
+                    f"tools.{i}.function.parameters: not a valid JSON schema: {exc.message}",
+                ) from None
+        specs.append(
+            ToolSpec(
+                name=fn["name"],
+                description=fn.get("description") or "",
+                **({"parameters": dict(parameters)} if parameters is not None else {}),
+            )
+        )
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ToolRequestError("tools", f"tools: two tools share a name ({names})")
+    return specs
+
+
+def tool_choice(value: Any, tools: Sequence[ToolSpec] | None) -> ToolChoice:
+    """OpenAI's ``tool_choice`` checked against the offered tools (absent is ``auto``)."""
+    if value is None:
+        return "auto"
+    if isinstance(value, str) and value in ("auto", "none"):
+        return value  # type: ignore[return-value]
+    if not tools:
+        raise ToolRequestError("tool_choice", "tool_choice: forcing a call needs tools")
+    if isinstance(value, str):
+        if value != "required":
+            raise ToolRequestError("tool_choice", f"tool_choice: unknown mode {value!r}")
+        return "required"
+    name = (value.get("function") or {}).get("name") if isinstance(value, Mapping) else None
+    if not isinstance(name, str):
+        raise ToolRequestError("tool_choice", f"tool_choice: cannot read {value!r}")
+    if name not in {t.name for t in tools}:
+        raise ToolRequestError(
+            "tool_choice", f"tool_choice: names {name!r}, which is not one of the tools"
+        )
+    return NamedToolChoice(name=name)
+
+
 def chat_task(
     messages: Sequence[Message],
     request: Mapping[str, Any] | None = None,
@@ -93,9 +164,12 @@ def chat_task(
     """A task for a chat: the messages as they are, plus an OpenAI-shaped request's params.
 
     ``request`` holds the request's OpenAI fields (``max_completion_tokens`` or ``max_tokens``,
-    ``temperature``, ``top_p``, ``seed``, ``stop``, ``response_format``, ``user``); others are
-    ignored. JSON output becomes a system instruction and the task's answer format; ``user``
-    goes into the task's metadata.
+    ``temperature``, ``top_p``, ``seed``, ``stop``, ``response_format``, ``user``, ``tools``,
+    ``tool_choice``, ``parallel_tool_calls``); others are ignored. JSON output becomes a system
+    instruction and the task's answer format; ``user`` goes into the task's metadata. Tools
+    become the task's tool specs with no callables behind them, so a run that chooses to call
+    one ends there and hands the calls back (:attr:`ChatReply.tool_calls`). Bad tools raise
+    :class:`ToolRequestError`.
     """
     request = request or {}
     msgs = list(messages)
@@ -110,13 +184,18 @@ def chat_task(
         "top_p": request.get("top_p"),
         "seed": request.get("seed"),
         "stop": stop_list(request.get("stop")) or None,
+        "parallel_tool_calls": request.get("parallel_tool_calls"),
     }
+    tools = tool_specs(request.get("tools"))
+    choice = tool_choice(request.get("tool_choice"), tools)
     user = request.get("user")
     return Task(
         messages=msgs,
         params={k: v for k, v in params.items() if v is not None},
         answer_format=answer_format,
         metadata={**(metadata or {}), **({"user": user} if user else {})},
+        tools=tools,
+        tool_choice=choice,
     )
 
 
@@ -159,6 +238,9 @@ def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
 def finish_reason(result: RunResult) -> Literal["stop", "length"]:
     """``length`` when the returned answer was cut by the token limit, else ``stop``."""
     generations = _answer_generations(result)
@@ -170,12 +252,16 @@ class ChatReply:
     """A finished run as every adapter reports it."""
 
     text: str
-    """The answer, cut at the first of the task's stop sequences."""
-    finish_reason: Literal["stop", "length"]
+    """The answer, cut at the first of the task's stop sequences (with tool calls: any text
+    the winning proposal said along with them, often none)."""
+    finish_reason: FinishReason
     model: str
     """``expertgraph/<config>:<experts>`` (see :func:`reply_model`)."""
     experts: list[str]
     result: RunResult
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """The calls the run ended on, for the caller to execute (then ``finish_reason`` is
+    ``tool_calls``)."""
 
     @property
     def usage(self) -> Usage:
@@ -203,6 +289,15 @@ class ChatReply:
 
 def chat_reply(model_id: str, result: RunResult) -> ChatReply:
     """The reply for a run served as ``model_id``; no answer raises :class:`NoAnswerError`."""
+    if result.tool_calls:
+        return ChatReply(
+            text=result.answer or "",
+            finish_reason="tool_calls",
+            model=reply_model(model_id, result),
+            experts=answer_experts(result),
+            result=result,
+            tool_calls=list(result.tool_calls),
+        )
     if result.answer is None:
         raise NoAnswerError(result)
     text, stopped = truncate_at_stop(result.answer, stop_list(result.task.params.get("stop")))

@@ -16,17 +16,22 @@ experts as their model, in process (no server)::
   ``response_metadata`` carries ``run_id`` and ``trace_path``.
 * Streaming yields the final answer in a few chunks once the run has decided it: votes need
   every candidate before anything can be said.
-* No tool calling: experts return text. ``with_structured_output`` asks for JSON (the schema
-  goes to the experts as a system instruction) and parses it, for every ``method``
-  (``function_calling`` is served the same way as ``json_schema``).
+* ``bind_tools`` offers tools to the experts that can call them (card ``tools: true``); a run
+  whose vote chooses to call tools ends there, and the calls come back as
+  ``AIMessage.tool_calls`` (``tool_call_chunks`` when streamed) for the caller (an agent
+  loop) to execute; ``ToolMessage`` results in the input go back to the experts.
+* ``with_structured_output`` asks for JSON (the schema goes to the experts as a system
+  instruction) and parses it; ``method="function_calling"`` binds the schema as a forced tool
+  and parses the call's arguments instead.
 
 This module imports ``langchain_core``; ``expertgraph.orchestrator`` does not import it.
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -43,13 +48,21 @@ from langchain_core.messages import (
     SystemMessage,
     ToolMessage,
 )
+from langchain_core.messages.tool import ToolCall as LCToolCall
+from langchain_core.messages.tool import ToolCallChunk, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.utils.function_calling import convert_to_json_schema
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import Message, RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
     ChatReply,
@@ -92,8 +105,53 @@ def to_core_messages(messages: Sequence[BaseMessage]) -> list[Message]:
             raise ValueError(
                 f"cannot send a {type(message).__name__} (role {message.type!r}) to experts"
             )
-        out.append(Message(role=role, content=message.text, name=getattr(message, "name", None)))
+        calls = (
+            [
+                ToolCall(id=c.get("id") or f"call_{i}", name=c["name"], arguments=c["args"])
+                for i, c in enumerate(message.tool_calls)
+            ]
+            if isinstance(message, AIMessage)
+            else []
+        )
+        out.append(
+            Message(
+                role=role,
+                content=message.text,
+                name=getattr(message, "name", None),
+                tool_calls=calls or None,
+                tool_call_id=message.tool_call_id if isinstance(message, ToolMessage) else None,
+            )
+        )
     return out
+
+
+def openai_tool_choice(choice: Any, tools: Sequence[Mapping[str, Any]]) -> Any:
+    """LangChain's ``tool_choice`` in OpenAI's form: ``any``/``True`` force a call (the one
+    tool when only one is bound), a tool's name names it, OpenAI's forms pass as they are."""
+    if choice is None or isinstance(choice, Mapping) or choice in ("auto", "none", "required"):
+        return choice
+    if choice is True or choice == "any":
+        if len(tools) == 1 and choice is True:
+            return {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
+        return "required"
+    if choice is False:
+        return "none"
+    if isinstance(choice, str):
+        return {"type": "function", "function": {"name": choice}}
+    raise ValueError(
+        f"tool_choice must be a tool name, 'auto', 'any', 'none' or a mapping: {choice!r}"
+    )
+
+
+def _lc_calls(calls: Sequence[ToolCall]) -> list[LCToolCall]:
+    return [tool_call(name=c.name, args=c.arguments, id=c.id) for c in calls]
+
+
+def _lc_chunks(calls: Sequence[ToolCall]) -> list[ToolCallChunk]:
+    return [
+        tool_call_chunk(name=c.name, args=json.dumps(c.arguments), id=c.id, index=i)
+        for i, c in enumerate(calls)
+    ]
 
 
 class ChatExpertGraph(BaseChatModel):
@@ -217,6 +275,7 @@ class ChatExpertGraph(BaseChatModel):
             id=f"run-{result.run_id}",
             response_metadata=metadata,
             usage_metadata=usage,  # type: ignore[arg-type]
+            tool_calls=_lc_calls(reply.tool_calls),
         )
         return ChatResult(
             generations=[
@@ -230,6 +289,9 @@ class ChatExpertGraph(BaseChatModel):
     def _chunks(self, served: ServedModel, result: RunResult) -> Iterator[ChatGenerationChunk]:
         reply, metadata = self._message(served, result)
         pieces = stream_pieces(reply.text, self.stream_words)
+        if reply.tool_calls:
+            # The calls come last, in one chunk that also ends the message.
+            pieces = [p for p in pieces if p] + [""]
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             yield ChatGenerationChunk(
@@ -238,6 +300,7 @@ class ChatExpertGraph(BaseChatModel):
                     id=f"run-{result.run_id}",
                     response_metadata=metadata if last else {},
                     usage_metadata=reply.langchain_usage() if last else None,  # type: ignore[arg-type]
+                    tool_call_chunks=_lc_chunks(reply.tool_calls) if last else [],
                     chunk_position="last" if last else None,
                 ),
                 generation_info={"finish_reason": reply.finish_reason} if last else None,
@@ -289,6 +352,28 @@ class ChatExpertGraph(BaseChatModel):
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
 
+    # ---- tools -------------------------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[Mapping[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | bool | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer ``tools`` (LangChain tools, functions, pydantic models or OpenAI dicts) to the
+        experts. ``tool_choice``: ``auto``, ``none``, ``any``/``required`` (force a call),
+        ``True`` (force the one tool) or a tool's name."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        choice = openai_tool_choice(tool_choice, formatted)
+        extra = {
+            k: v
+            for k, v in (("tool_choice", choice), ("parallel_tool_calls", parallel_tool_calls))
+            if v is not None
+        }
+        return super().bind(tools=formatted, **extra, **kwargs)
+
     # ---- structured output -------------------------------------------------------------------
 
     def with_structured_output(  # type: ignore[override]
@@ -302,8 +387,9 @@ class ChatExpertGraph(BaseChatModel):
     ) -> Runnable[LanguageModelInput, Any]:
         """Ask the experts for JSON matching ``schema`` and parse it (a pydantic object or a dict).
 
-        ``json_schema`` and ``function_calling`` send the schema and ask for a matching object;
-        ``json_mode`` asks for a JSON object and also sends the schema as a hint.
+        ``json_schema`` sends the schema and asks for a matching object; ``json_mode`` asks for
+        a JSON object and also sends the schema as a hint; ``function_calling`` binds the
+        schema as a tool the experts must call and parses the call's arguments.
         """
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
@@ -311,6 +397,22 @@ class ChatExpertGraph(BaseChatModel):
             raise ValueError(
                 f"method must be 'json_schema', 'json_mode' or 'function_calling', got {method!r}"
             )
+        is_model = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser: Runnable[Any, Any]
+        llm: Runnable[Any, Any]
+        format_kwargs = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        if method == "function_calling":
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools(
+                [tool], tool_choice=name, ls_structured_output_format=format_kwargs
+            )
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_model
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+            return self._structured(llm, parser, include_raw)
         json_schema = convert_to_json_schema(schema)
         response_format = {
             "type": "json_object" if method == "json_mode" else "json_schema",
@@ -320,18 +422,17 @@ class ChatExpertGraph(BaseChatModel):
                 "strict": strict,
             },
         }
-        llm = self.bind(
-            response_format=response_format,
-            ls_structured_output_format={
-                "kwargs": {"method": method, "strict": strict},
-                "schema": schema,
-            },
-        )
-        parser: Runnable[Any, Any]
-        if isinstance(schema, type) and is_basemodel_subclass(schema):
+        llm = self.bind(response_format=response_format, ls_structured_output_format=format_kwargs)
+        if is_model:
             parser = PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
         else:
             parser = JsonOutputParser()
+        return self._structured(llm, parser, include_raw)
+
+    @staticmethod
+    def _structured(
+        llm: Runnable[Any, Any], parser: Runnable[Any, Any], include_raw: bool
+    ) -> Runnable[LanguageModelInput, Any]:
         if not include_raw:
             return llm | parser
         parse = RunnablePassthrough.assign(

@@ -52,6 +52,9 @@ from litellm import CustomLLM  # noqa: E402 - after the offline-safe import abov
 from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage  # noqa: E402
 
 CONFIG_ENV = "EXPERTGRAPH_CONFIG"
+_TOOL_KEYS = frozenset(
+    {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"}
+)
 
 
 class ExpertGraphLLM(CustomLLM):
@@ -96,10 +99,13 @@ class ExpertGraphLLM(CustomLLM):
         self, model: str, messages: list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[ServedModel, Task]:
         served = self.catalog().resolve(model if model.startswith(PREFIX) else f"{PREFIX}/{model}")
+        # Tools are not offered through this provider yet (its replies cannot carry calls), so
+        # they are left out rather than letting a run end on calls no reply would show.
+        params = {
+            k: v for k, v in (kwargs.get("optional_params") or {}).items() if k not in _TOOL_KEYS
+        }
         task = chat_task(
-            openai_messages(messages),
-            kwargs.get("optional_params") or {},
-            metadata={"source": "litellm", "model": served.id},
+            openai_messages(messages), params, metadata={"source": "litellm", "model": served.id}
         )
         return served, task
 

@@ -2,10 +2,10 @@
 
 Requests accept the OpenAI chat-completions fields. Those expertgraph cannot honour are
 narrowed in the schema, so a request outside it is a 400 naming the field (``n`` > 1,
-``logprobs: true``, a forced ``tool_choice``, non-text content parts); the others are accepted
-and ignored where a model may ignore them anyway (penalties, ``logit_bias``, ``metadata``...).
-``tools`` is accepted and ignored too: tools are not passed to experts, so no reply holds a
-tool call.
+``logprobs: true``, non-text content parts); the others are accepted and ignored where a model
+may ignore them anyway (penalties, ``logit_bias``...). ``tools``, ``tool_choice`` and
+``parallel_tool_calls`` are offered to the experts; a reply may then hold ``tool_calls`` for
+the client to execute, and the next request carries their results as ``tool`` messages.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from expertgraph.core.tools import TOOL_NAME, ToolCall
 from expertgraph.core.types import Message
 
 
@@ -69,10 +70,25 @@ class TextPart(_Open):
     text: Text
 
 
+class FunctionCallIn(_Open):
+    name: Text = Field(max_length=256)
+    arguments: Text
+    """The call's arguments as JSON text (as the expert wrote them; not always valid JSON)."""
+
+
+class ToolCallIn(_Open):
+    """A call an earlier assistant message made (the conversation so far)."""
+
+    id: Text = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: Text | None = None
 
     def to_core(self) -> Message:
@@ -82,7 +98,43 @@ class ChatMessage(_Open):
         else:
             text = self.content or ""
         role = "system" if self.role == "developer" else self.role
-        return Message(role=role, content=text, name=self.name)
+        calls = [
+            ToolCall.parse(c.id, c.function.name, c.function.arguments)
+            for c in self.tool_calls or []
+        ]
+        return Message(
+            role=role,
+            content=text,
+            name=self.name,
+            tool_calls=calls or None,
+            tool_call_id=self.tool_call_id,
+        )
+
+
+class FunctionDef(_Open):
+    name: str = Field(pattern=TOOL_NAME)
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None
+    """The JSON schema of the arguments (an object schema); absent: no arguments."""
+    strict: bool | None = None
+
+
+class ToolDef(_Open):
+    """A tool offered to the experts (OpenAI's ``tools`` item)."""
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Open):
+    name: Text = Field(min_length=1, max_length=256)
+
+
+class NamedToolChoiceIn(_Open):
+    """``tool_choice`` naming one of the offered functions: the experts must call it."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Open):
@@ -114,8 +166,23 @@ ResponseFormat = Annotated[
 ]
 
 
+# A forced tool_choice (``required`` or a named function) needs tools; a named one must name
+# one of them, which no JSON schema can say (the server answers 400 naming ``tool_choice``).
+_FORCED_CHOICE_NEEDS_TOOLS: dict[str, Any] = {
+    "if": {
+        "required": ["tool_choice"],
+        "properties": {"tool_choice": {"anyOf": [{"const": "required"}, {"type": "object"}]}},
+    },
+    "then": {"required": ["tools"], "properties": {"tools": {"type": "array"}}},
+}
+
+
 class ChatCompletionRequest(_Open):
     """``POST /v1/chat/completions``. ``model`` picks the routing configuration."""
+
+    model_config = ConfigDict(
+        extra="allow", strict=True, json_schema_extra=_FORCED_CHOICE_NEEDS_TOOLS
+    )
 
     model: Text = Field(min_length=1, max_length=256, examples=["expertgraph/default"])
     messages: list[ChatMessage] = Field(min_length=1)
@@ -136,14 +203,21 @@ class ChatCompletionRequest(_Open):
         None, description="Not supported: only false or absent."
     )
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(
+    tools: list[ToolDef] | None = Field(
         None,
-        description="Accepted and ignored: tools are not passed to experts, no reply calls one.",
+        min_length=1,
+        description="Offered to the experts; a reply may call them (`tool_calls`). Names are "
+        "unique (a 400 names `tools` otherwise).",
+        json_schema_extra={"uniqueItems": True},
     )
-    tool_choice: Literal["auto", "none"] | None = Field(
-        None, description="Only 'auto' or 'none': no reply calls a tool."
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoiceIn | None = Field(
+        None, description="Only with `tools`; a named function must be one of them."
     )
+    parallel_tool_calls: bool | None = None
     user: Text | None = Field(None, max_length=256)
+    metadata: dict[str, Any] | None = Field(
+        None, description="`session_id` links the requests of one conversation in the traces."
+    )
 
 
 # ---- responses -------------------------------------------------------------------------------
@@ -168,13 +242,32 @@ class RunInfo(_Closed):
     cost: float
 
 
+class FunctionCallOut(_Closed):
+    name: str
+    arguments: str
+    """JSON text, as OpenAI sends it."""
+
+
+class ToolCallOut(_Closed):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+    @classmethod
+    def of(cls, call: ToolCall) -> ToolCallOut:
+        wire = call.openai()
+        return cls(id=wire["id"], function=FunctionCallOut(**wire["function"]))
+
+
 class AssistantMessage(_Closed):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    """The answer; null when the reply only calls tools."""
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Choice(_Closed):
@@ -196,9 +289,24 @@ class ChatCompletion(_Closed):
     expertgraph: RunInfo
 
 
+class FunctionDelta(_Closed):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Closed):
+    """A piece of a streamed call: the first names it (id, type, name), the next add arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta | None = None
+
+
 class ChunkDelta(_Closed):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(_Closed):

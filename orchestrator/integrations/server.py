@@ -7,6 +7,12 @@ Endpoints: ``POST /v1/chat/completions`` (JSON or server-sent events), ``GET /v1
   ``model`` is ``expertgraph/<config>:<experts>``, naming the experts whose answer was
   returned, and ``usage`` sums every expert call of the run.
 * Every request is one traced run; its id comes back in the ``X-Expertgraph-Trace-Id`` header.
+  The requests of one conversation share a session id (the ``X-Expertgraph-Session`` header,
+  else the request's ``user``, else ``metadata.session_id``), kept in the task's metadata as
+  ``session`` so the traces link them.
+* ``tools`` are offered to the experts with nothing behind them: a run whose vote chooses to
+  call tools ends there and the reply carries ``message.tool_calls`` (``finish_reason:
+  "tool_calls"``) for the client to execute; its next request carries the results.
 * Bearer API keys come from ``EXPERTGRAPH_API_KEYS`` (comma or whitespace separated) and/or a
   key file (one key a line, ``#`` comments). Keys are required to listen on anything but
   loopback; on loopback they are optional. A missing or wrong key gets a 401 that says
@@ -33,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -44,6 +50,7 @@ from expertgraph.core.errors import ConfigError, ExpertGraphError, NoAnswerError
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
     ChatReply,
+    ToolRequestError,
     chat_reply,
     chat_task,
     stream_pieces,
@@ -60,14 +67,18 @@ from expertgraph.orchestrator.integrations.openai_schema import (
     CompletionUsage,
     ErrorBody,
     ErrorResponse,
+    FunctionDelta,
     Health,
     ModelCard,
     ModelList,
     RunInfo,
+    ToolCallDelta,
+    ToolCallOut,
 )
 from expertgraph.traces.store import new_run_id
 
 TRACE_HEADER = "X-Expertgraph-Trace-Id"
+SESSION_HEADER = "X-Expertgraph-Session"
 API_KEYS_ENV = "EXPERTGRAPH_API_KEYS"
 
 log = logging.getLogger("expertgraph.serve")
@@ -364,7 +375,37 @@ async def _send_json(
 # ---- chat completions ------------------------------------------------------------------------
 
 
-def _task_for(body: ChatCompletionRequest, settings: ServeSettings) -> Task:
+def _session(body: ChatCompletionRequest, header: str | None) -> str | None:
+    """The conversation's id: the session header, else ``user``, else ``metadata.session_id``."""
+    if header:
+        return header
+    if body.user:
+        return body.user
+    value = (body.metadata or {}).get("session_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise APIError(
+            400,
+            "metadata.session_id: must be a string of 1 to 256 characters",
+            param="metadata.session_id",
+            code="invalid_value",
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(
+            400,
+            "metadata.session_id: text is not valid Unicode",
+            param="metadata.session_id",
+            code="invalid_value",
+        ) from None
+    return value
+
+
+def _task_for(
+    body: ChatCompletionRequest, settings: ServeSettings, session: str | None = None
+) -> Task:
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(body, name)
         if value is not None and value > settings.max_tokens_limit:
@@ -374,11 +415,19 @@ def _task_for(body: ChatCompletionRequest, settings: ServeSettings) -> Task:
                 param=name,
                 code="invalid_value",
             )
-    return chat_task(
-        [m.to_core() for m in body.messages],
-        body.model_dump(by_alias=True, exclude={"messages"}),
-        metadata={"source": "serve", "model": body.model},
-    )
+    session = _session(body, session)
+    try:
+        return chat_task(
+            [m.to_core() for m in body.messages],
+            body.model_dump(by_alias=True, exclude={"messages"}),
+            metadata={
+                "source": "serve",
+                "model": body.model,
+                **({"session": session} if session else {}),
+            },
+        )
+    except ToolRequestError as exc:
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
 
 def _run_info(served: ServedModel, reply: ChatReply) -> RunInfo:
@@ -394,17 +443,62 @@ def _run_info(served: ServedModel, reply: ChatReply) -> RunInfo:
     )
 
 
-def _completion(served: ServedModel, reply: ChatReply, created: int) -> ChatCompletion:
-    return ChatCompletion(
+def _message(reply: ChatReply) -> AssistantMessage:
+    if reply.tool_calls:
+        return AssistantMessage(
+            content=reply.text or None, tool_calls=[ToolCallOut.of(c) for c in reply.tool_calls]
+        )
+    return AssistantMessage(content=reply.text)
+
+
+def _completion(served: ServedModel, reply: ChatReply, created: int) -> dict[str, Any]:
+    data = ChatCompletion(
         id=f"chatcmpl-{reply.result.run_id}",
         created=created,
         model=reply.model,
-        choices=[
-            Choice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)
-        ],
+        choices=[Choice(message=_message(reply), finish_reason=reply.finish_reason)],
         usage=CompletionUsage(**reply.openai_usage()),
         expertgraph=_run_info(served, reply),
-    )
+    ).model_dump()
+    for choice in data["choices"]:
+        if choice["message"]["tool_calls"] is None:  # as OpenAI: no key when no call
+            del choice["message"]["tool_calls"]
+    return data
+
+
+def _tool_call_deltas(reply: ChatReply) -> list[ChunkDelta]:
+    """OpenAI's streamed calls: per call, one delta naming it, then one with its arguments."""
+    deltas: list[ChunkDelta] = []
+    for index, call in enumerate(reply.tool_calls):
+        wire = call.openai()["function"]
+        deltas.append(
+            ChunkDelta(
+                tool_calls=[
+                    ToolCallDelta(
+                        index=index,
+                        id=call.id,
+                        type="function",
+                        function=FunctionDelta(name=call.name, arguments=""),
+                    )
+                ]
+            )
+        )
+        deltas.append(
+            ChunkDelta(
+                tool_calls=[
+                    ToolCallDelta(index=index, function=FunctionDelta(arguments=wire["arguments"]))
+                ]
+            )
+        )
+    return deltas
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _sse(data: Any) -> bytes:
@@ -436,7 +530,7 @@ async def _stream(
             if data[key] is None:
                 del data[key]
         for choice in data["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            choice["delta"] = _without_nulls(choice["delta"])
         return _sse(data)
 
     # The role chunk goes out at once: the status line and headers are sent, so any failure
@@ -453,6 +547,8 @@ async def _stream(
         for piece in stream_pieces(reply.text, settings.stream_words):
             if piece:
                 yield chunk(reply.model, ChunkDelta(content=piece))
+        for delta in _tool_call_deltas(reply):
+            yield chunk(reply.model, delta)
         yield chunk(reply.model, ChunkDelta(), reply.finish_reason)
         if body.stream_options is not None and body.stream_options.include_usage:
             usage = CompletionUsage(**reply.openai_usage())
@@ -604,13 +700,22 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
         },
         tags=["chat"],
     )
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        x_expertgraph_session: Annotated[
+            str | None,
+            Header(
+                max_length=256,
+                description="Links the requests of one conversation in the traces.",
+            ),
+        ] = None,
+    ) -> Response:
         """Run one routed task on the configuration that ``model`` names."""
         try:
             served = catalog.resolve(body.model)
         except UnknownModelError as exc:
             raise APIError(404, str(exc), param="model", code="model_not_found") from None
-        task = _task_for(body, settings)
+        task = _task_for(body, settings, x_expertgraph_session)
         run_id = new_run_id()
         headers = {TRACE_HEADER: run_id}
         if body.stream:
@@ -627,7 +732,7 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
             raise APIError(
                 502, str(exc), type="expert_error", code="no_answer", headers=headers
             ) from None
-        return JSONResponse(_completion(served, reply, created).model_dump(), headers=headers)
+        return JSONResponse(_completion(served, reply, created), headers=headers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
