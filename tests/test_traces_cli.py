@@ -522,3 +522,26 @@ def test_run_label_export_loop_through_the_cli(
     assert second.scores == {"exact": 0.0, "exact2": 0.0, "sloppy": 1.0}
     assert first.costs == {"exact": 0.004, "exact2": 0.004, "sloppy": 0.0005}
     assert rows[Path(trace_paths[2]).stem].meta["score_source"] == "agreement"
+
+
+def test_report_of_a_session_holds_only_that_conversations_runs(tmp_path: Path) -> None:
+    orch = Orchestrator(
+        [CallableExpert("calc", lambda prompt: "Final answer: 4")],
+        FixedPolicy(["calc"]),
+        trace_dir=tmp_path,
+    )
+    ours = [
+        orch.run(Task(prompt=f"turn {i}", metadata={"session": "conv-1"})).run_id for i in range(2)
+    ]
+    other = orch.run(Task(prompt="elsewhere", metadata={"session": "conv-2"})).run_id
+    out = tmp_path / "session.html"
+    printed = _cli(
+        "traces", "report", str(tmp_path), "--session", "conv-1", "--out", str(out),
+        "--no-attribution",
+    )  # fmt: skip
+    assert "(2 run(s))" in printed
+    page = out.read_text()
+    assert "expertgraph session conv-1" in page
+    assert all(r in page for r in ours) and other not in page
+    code = main(["traces", "report", str(tmp_path), "--session", "nobody", "--out", str(out)])
+    assert code == 2

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from expertgraph.core.errors import TraceError
 from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import candidate_key
 from expertgraph.traces.attribution import RunAttribution
@@ -367,14 +368,22 @@ def write_report(
     *,
     attribute: Any | None = None,
     max_runs: int = 50,
+    session: str | None = None,
 ) -> int:
     """Write the report of one run (``target`` a run id or trace file) or of a whole directory
     (``target`` the directory). ``attribute(trace, labels) -> RunAttribution`` adds the
-    attribution bars. Returns the number of runs in the report."""
+    attribution bars. ``session`` keeps a directory's runs of one conversation (the task's
+    ``metadata["session"]``, which ``expertgraph serve`` sets): a client-driven agent's whole
+    run. Returns the number of runs in the report."""
     target_path = Path(target)
     if target_path.is_dir():
         store = LabelStore(target_path)
-        traces = [store.traces.load(r) for r in store.traces.run_ids()[-max_runs:]]
+        traces = [store.traces.load(r) for r in store.traces.run_ids()]
+        if session is not None:
+            traces = [t for t in traces if t.start.task.metadata.get("session") == session]
+            if not traces:
+                raise TraceError(f"no run of session {session!r} in {target_path}")
+        traces = traces[-max_runs:]
     else:
         store = LabelStore(directory)
         traces = [store.traces.load(target)]
@@ -387,6 +396,8 @@ def write_report(
     title = (
         f"expertgraph run {traces[0].run_id}"
         if len(traces) == 1 and not target_path.is_dir()
+        else f"expertgraph session {session}: {target_path}"
+        if session is not None
         else f"expertgraph traces: {target_path}"
     )
     page = render_report(traces, labels=labels, attributions=attributions, title=title)

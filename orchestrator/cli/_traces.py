@@ -144,6 +144,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output .html file")
     p.add_argument("--no-attribution", action="store_true", help="skip the Shapley bars")
     p.add_argument("--max-runs", type=int, default=50)
+    p.add_argument("--session", metavar="ID", help="with DIR: only the runs of this conversation")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
@@ -325,7 +326,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     attribute = None if args.no_attribution else attribute_recorded
     count = write_report(
-        directory, args.target, args.out, attribute=attribute, max_runs=args.max_runs
+        directory,
+        args.target,
+        args.out,
+        attribute=attribute,
+        max_runs=args.max_runs,
+        session=args.session,
     )
     print(f"wrote {args.out} ({count} run(s))")
     return 0
