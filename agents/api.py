@@ -60,8 +60,10 @@ class APIExpert(Expert):
 
     Tools (``tools``, ``tool_choice``, ``parallel_tool_calls``) go to the API in OpenAI's
     format and the reply's ``message.tool_calls`` come back as ``Generation.tool_calls``
-    (arguments that are not a JSON object give ``invalid``). Calls are not streamed: this
-    expert always asks for one whole answer.
+    (arguments that are not a JSON object give ``invalid``). ``stream=True`` asks the API
+    for a streamed reply and rebuilds it from the chunks (text, tool-call deltas by index,
+    usage): for servers that answer only streamed, or stream faster; the Generation is the
+    same either way. Callers cannot set ``stream`` per call.
     """
 
     kind = "api"
@@ -79,6 +81,7 @@ class APIExpert(Expert):
         retry: RetrySettings | Mapping[str, Any] | None = None,
         attempt_timeout_s: float | None = None,
         pricing: Literal["auto", "card"] = "auto",
+        stream: bool = False,
     ) -> None:
         super().__init__(name, card)
         if not model or not model.strip():
@@ -106,6 +109,7 @@ class APIExpert(Expert):
         )
         self.attempt_timeout_s = attempt_timeout_s
         self.pricing = pricing
+        self.stream = stream
 
     def __repr__(self) -> str:
         # Names the key's environment variable, never its value.
@@ -182,6 +186,9 @@ class APIExpert(Expert):
         }
         if self.api_base:
             request["api_base"] = self.api_base
+        if self.stream:
+            request["stream"] = True
+            request["stream_options"] = {"include_usage": True}
         key: str | None = None
         if self.api_key_env is not None:
             key = os.environ.get(self.api_key_env)
@@ -260,13 +267,22 @@ async def _attempt(
 ) -> Any:
     """One call, bounded by ``timeout_s``; any failure comes out as :class:`AttemptFailed`."""
     try:
-        return await asyncio.wait_for(
-            litellm.acompletion(**request, timeout=client_timeout_s), timeout_s
-        )
+        return await asyncio.wait_for(_complete(litellm, request, client_timeout_s), timeout_s)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is classified
         raise AttemptFailed(classify_error(exc)) from exc
+
+
+async def _complete(litellm: Any, request: dict[str, Any], client_timeout_s: float) -> Any:
+    """One ``acompletion``; a streamed one is read to its end and rebuilt as one response."""
+    response = await litellm.acompletion(**request, timeout=client_timeout_s)
+    if not request.get("stream"):
+        return response
+    chunks = [chunk async for chunk in response]
+    if not chunks:
+        raise ValueError("the API's stream ended without a chunk")
+    return litellm.stream_chunk_builder(chunks, messages=request["messages"])
 
 
 def _litellm_cost(litellm: Any, response: Any) -> float | None:

@@ -278,6 +278,42 @@ async def test_loopback_server_streams_tool_call_deltas(srv: OpenAIServer) -> No
     assert [c.id for c in parsed] == ["call_p1", "call_p2"]
 
 
+async def test_a_streaming_api_expert_rebuilds_text_calls_and_usage_from_the_stream(
+    srv: OpenAIServer,
+) -> None:
+    """stream=True: the same Generation from the streamed reply as from the whole one."""
+    streamed = APIExpert(
+        "remote",
+        "openai/loopback-model",
+        api_base=srv.url + "/v1",
+        retry=RetrySettings(max_attempts=1),
+        card=ExpertCard(timeout_s=10, tools=True),
+        stream=True,
+    )
+    calls = await streamed.generate("weather in both", tools=[WEATHER])
+    assert calls.ok, calls.error
+    assert srv.requests[-1].body["stream"] is True
+    assert [(c.id, c.canonical()) for c in calls.tool_calls] == [
+        ("call_p1", 'get_weather({"city":"Oslo"})'),
+        ("call_p2", 'get_weather({"city":"Rome"})'),
+    ]
+    assert calls.finish_reason == "tool_calls"
+    whole = await api_expert(srv).generate("weather in both", tools=[WEATHER])
+    assert whole.tool_calls == calls.tool_calls
+    assert (whole.input_tokens, whole.output_tokens) == (calls.input_tokens, calls.output_tokens)
+
+    call = ToolCall(id="call_w1", name="get_weather", arguments={"city": "Paris"})
+    answer = await streamed.generate(
+        [
+            Message(role="user", content=QUESTION),
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", tool_call_id="call_w1", content="sunny, 21 C"),
+        ],
+        tools=[WEATHER],
+    )
+    assert answer.ok and answer.text == "The result is sunny, 21 C." and not answer.tool_calls
+
+
 # -- callable experts ----------------------------------------------------------------------
 
 

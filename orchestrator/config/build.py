@@ -57,6 +57,7 @@ def build_expert(cfg: ExpertConfig) -> Expert:
             retry=cfg.retry,
             attempt_timeout_s=cfg.attempt_timeout_s,
             pricing=cfg.pricing,
+            stream=cfg.stream,
         )
     raise ConfigError(f"unknown expert kind in {cfg!r}", field="experts.kind")
 

@@ -51,6 +51,8 @@ class APIExpertConfig(_ExpertBase):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     attempt_timeout_s: float | None = Field(None, gt=0)
     pricing: Literal["auto", "card"] = "auto"
+    stream: bool = False
+    """Ask the API for streamed replies (rebuilt into one answer per call)."""
 
 
 class CallableExpertConfig(_ExpertBase):
