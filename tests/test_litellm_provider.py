@@ -212,3 +212,71 @@ def test_missing_configuration_is_a_config_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     with pytest.raises(ConfigError, match=CONFIG_ENV):
         ExpertGraphLLM().catalog()
+
+
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+@pytest.fixture()
+def tool_agent(tmp_path: Path) -> Iterator[Orchestrator]:
+    """A provider over one expert that calls ``add`` until a tool result is in its messages."""
+
+    def agent(messages: list[Any], tools: Any = None) -> Any:
+        results = [m.content for m in messages if m.role == "tool"]
+        if results:
+            return f"The sum is {results[-1]}."
+        return {"tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}
+
+    saved = list(litellm.custom_provider_map)
+    orch = Orchestrator(
+        [CallableExpert("agent", agent)], AllExperts(), trace_dir=tmp_path / "traces"
+    )
+    register(orch)
+    yield orch
+    litellm.custom_provider_map = saved
+
+
+def test_tool_calls_come_back_plain_and_streamed_and_the_result_turn_answers(
+    tool_agent: Orchestrator,
+) -> None:
+    model = f"expertgraph/{tool_agent.name}"
+    messages = _user("What is 1 + 2?")
+    first = litellm.completion(model=model, messages=messages, tools=[ADD_TOOL])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "add" and json.loads(call.function.arguments) == {"a": 1, "b": 2}
+
+    chunks = list(litellm.completion(model=model, messages=messages, tools=[ADD_TOOL], stream=True))
+    built = litellm.stream_chunk_builder(chunks, messages=messages)
+    assert built.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in built.choices[0].message.tool_calls] == ["add"]
+
+    turn = [
+        *messages,
+        choice.message.model_dump(),
+        {"role": "tool", "tool_call_id": call.id, "content": "3"},
+    ]
+    second = litellm.completion(model=model, messages=turn, tools=[ADD_TOOL])
+    assert second.choices[0].message.content == "The sum is 3."
+    assert second.choices[0].finish_reason == "stop"
+
+
+def test_legacy_function_calling_is_refused_by_name(tool_agent: Orchestrator) -> None:
+    with pytest.raises(Exception, match="functions.*legacy function calling"):
+        litellm.completion(
+            model=f"expertgraph/{tool_agent.name}",
+            messages=_user("x"),
+            functions=[ADD_TOOL["function"]],
+        )

@@ -39,6 +39,7 @@ from expertgraph.agents._litellm import import_litellm
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
+    ChatReply,
     chat_reply,
     chat_task,
     openai_messages,
@@ -49,12 +50,16 @@ from expertgraph.orchestrator.orchestrator import Orchestrator
 
 litellm = import_litellm()
 from litellm import CustomLLM  # noqa: E402 - after the offline-safe import above
-from litellm.types.utils import GenericStreamingChunk, ModelResponse, Usage  # noqa: E402
+from litellm.types.utils import (  # noqa: E402
+    ChatCompletionMessageToolCall,
+    GenericStreamingChunk,
+    ModelResponse,
+    Usage,
+)
 
 CONFIG_ENV = "EXPERTGRAPH_CONFIG"
-_TOOL_KEYS = frozenset(
-    {"tools", "tool_choice", "parallel_tool_calls", "functions", "function_call"}
-)
+# OpenAI's legacy function calling; ``tools`` replaced it and is what experts are offered.
+_LEGACY_KEYS = frozenset({"functions", "function_call"})
 
 
 class ExpertGraphLLM(CustomLLM):
@@ -99,11 +104,15 @@ class ExpertGraphLLM(CustomLLM):
         self, model: str, messages: list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[ServedModel, Task]:
         served = self.catalog().resolve(model if model.startswith(PREFIX) else f"{PREFIX}/{model}")
-        # Tools are not offered through this provider yet (its replies cannot carry calls), so
-        # they are left out rather than letting a run end on calls no reply would show.
-        params = {
-            k: v for k, v in (kwargs.get("optional_params") or {}).items() if k not in _TOOL_KEYS
-        }
+        optional = kwargs.get("optional_params") or {}
+        legacy = sorted(k for k in optional if k in _LEGACY_KEYS)
+        if legacy:
+            raise ConfigError(
+                f"expertgraph provider: {', '.join(legacy)} (legacy function calling) is not "
+                "supported; pass tools= and tool_choice=",
+                field=legacy[0],
+            )
+        params = dict(optional)
         task = chat_task(
             openai_messages(messages), params, metadata={"source": "litellm", "model": served.id}
         )
@@ -115,7 +124,12 @@ class ExpertGraphLLM(CustomLLM):
     def _fill(response: ModelResponse, served: ServedModel, result: RunResult) -> ModelResponse:
         reply = chat_reply(served.id, result)
         choice = response.choices[0]
-        choice.message.content = reply.text  # type: ignore[union-attr]
+        message = choice.message  # type: ignore[union-attr]
+        message.content = reply.text or (None if reply.tool_calls else "")
+        if reply.tool_calls:
+            message.tool_calls = [  # type: ignore[union-attr]
+                ChatCompletionMessageToolCall(**call.openai()) for call in reply.tool_calls
+            ]
         choice.finish_reason = reply.finish_reason
         response.model = reply.model
         response.id = f"chatcmpl-{result.run_id}"
@@ -132,6 +146,9 @@ class ExpertGraphLLM(CustomLLM):
     @staticmethod
     def _chunks(served: ServedModel, result: RunResult) -> Iterator[GenericStreamingChunk]:
         reply = chat_reply(served.id, result)
+        if reply.tool_calls:
+            yield from _tool_chunks(reply, result)
+            return
         pieces = stream_pieces(reply.text)
         # LiteLLM stamps stream chunks with the requested model; the experts that answered
         # ride on the first chunk's delta.provider_specific_fields instead.
@@ -172,6 +189,29 @@ class ExpertGraphLLM(CustomLLM):
         served, task = self._prepare(model, messages, kwargs)
         for chunk in self._chunks(served, await served.orchestrator.arun(task)):
             yield chunk
+
+
+def _tool_chunks(reply: ChatReply, result: RunResult) -> Iterator[GenericStreamingChunk]:
+    """A reply that ends on tool calls, streamed: one chunk per call (OpenAI's delta shape),
+    the last one finished with ``tool_calls`` and the run's usage."""
+    about = {"model": reply.model, "run_id": result.run_id, "experts": reply.experts}
+    last = len(reply.tool_calls) - 1
+    for i, call in enumerate(reply.tool_calls):
+        wire = call.openai()
+        yield GenericStreamingChunk(
+            provider_specific_fields=about if i == 0 else None,
+            text=reply.text if i == 0 else "",
+            is_finished=i == last,
+            finish_reason="tool_calls" if i == last else "",
+            usage=reply.openai_usage() if i == last else None,  # type: ignore[typeddict-item]
+            index=0,
+            tool_use={  # type: ignore[typeddict-item]
+                "id": wire["id"],
+                "type": "function",
+                "function": wire["function"],
+                "index": i,
+            },
+        )
 
 
 def register(
