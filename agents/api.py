@@ -172,9 +172,6 @@ class APIExpert(Expert):
             call["tool_choice"] = offer.openai_choice()
             if offer.parallel is not None:
                 call["parallel_tool_calls"] = offer.parallel
-            # With tools, LiteLLM first checks for its MCP-gateway tools, importing the
-            # optional `mcp` package (absent: every call fails); ours are plain functions.
-            call["_skip_mcp_handler"] = True
         request: dict[str, Any] = {
             **call,
             "model": self.model,

@@ -47,6 +47,21 @@ class TraceSummary:
     """pandas DataFrame, one row per run (from the index), with its latest run label."""
 
 
+_RUN_COLUMNS = (
+    "run_id",
+    "policy",
+    "aggregator",
+    "steps",
+    "calls",
+    "cost",
+    "latency_s",
+    "stop_reason",
+    "answer",
+    "complete",
+)
+"""The columns of :attr:`TraceSummary.runs` (then the latest run label)."""
+
+
 def session_runs(runs: Any, session: str, directory: str | Path) -> set[str]:
     """Ids of the indexed runs whose task belongs to ``session`` (``metadata["session"]``,
     which ``expertgraph serve`` sets for the requests of one conversation)."""
@@ -195,37 +210,8 @@ def summarize(
     )
 
     # ---- runs ---------------------------------------------------------------------------
-    run_table = (
-        runs[
-            [
-                "run_id",
-                "policy",
-                "aggregator",
-                "steps",
-                "calls",
-                "cost",
-                "latency_s",
-                "stop_reason",
-                "answer",
-                "complete",
-            ]
-        ].copy()
-        if len(runs)
-        else pd.DataFrame(
-            columns=[
-                "run_id",
-                "policy",
-                "aggregator",
-                "steps",
-                "calls",
-                "cost",
-                "latency_s",
-                "stop_reason",
-                "answer",
-                "complete",
-            ]
-        )
-    )
+    columns = list(_RUN_COLUMNS)
+    run_table = runs[columns].copy() if len(runs) else pd.DataFrame(columns=columns)
     run_labels = {}
     if len(labels):
         for row in labels[labels["step"].isna()].sort_values("n").itertuples():

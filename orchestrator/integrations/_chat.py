@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jsonschema
-
 from expertgraph.core.errors import NoAnswerError
 from expertgraph.core.tools import NamedToolChoice, ToolCall, ToolChoice, ToolSpec
 from expertgraph.core.types import (
@@ -113,6 +111,8 @@ def tool_specs(tools: Sequence[Mapping[str, Any]] | None) -> list[ToolSpec] | No
                 f"tools.{i}.function.parameters: must be a JSON schema of type object",
             )
         if parameters is not None:
+            import jsonschema  # only requests that carry tools need it
+
             try:
                 jsonschema.validators.validator_for(parameters).check_schema(parameters)
             except jsonschema.SchemaError as exc:

@@ -148,24 +148,12 @@ class CascadeAggregator(Aggregator):
             return self._result(tried, escalations, context, accepted=current, stop_reason=why)
         reason = self._reason(current)
         escalations.append(reason)
-        if is_last:
-            # Nothing left to escalate to: keep the highest tier that has an answer.
+        if is_last or not can_call:
+            # No escalation possible: keep the highest tier that has an answer.
             best = next((t for t in reversed(tried) if t.ballots), None)
+            why = "cascade exhausted" if is_last else "cascade: no calls left to escalate"
             return self._result(
-                tried,
-                escalations,
-                context,
-                accepted=best,
-                stop_reason=f"cascade exhausted after {reason}",
-            )
-        if not can_call:
-            best = next((t for t in reversed(tried) if t.ballots), None)
-            return self._result(
-                tried,
-                escalations,
-                context,
-                accepted=best,
-                stop_reason=f"cascade: no calls left to escalate after {reason}",
+                tried, escalations, context, accepted=best, stop_reason=f"{why} after {reason}"
             )
         nxt = following[0]
         return self._result(

@@ -17,7 +17,7 @@ from expertgraph.core import AggregationContext
 from expertgraph.core.actions import is_action
 from expertgraph.core.protocols import refused
 from expertgraph.core.types import Generation, StepResult
-from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, tally
+from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, count, tally
 from expertgraph.policies.aggregation.answers import iter_json_objects
 from expertgraph.policies.aggregation.fusion import (
     DATA_RULE,
@@ -203,9 +203,7 @@ class JudgeRanking(_ExpertAggregator):
         context: AggregationContext,
     ) -> StepResult:
         # The most supported answer starts as champion, so an unfinished knockout keeps it.
-        support = {
-            b.answer: sum(x.weight for x in ballots if x.answer == b.answer) for b in distinct
-        }
+        support, _ = count(ballots)
         order = sorted(distinct, key=lambda b: -support[b.answer])
         champion = order[0]
         calls: list[_Call] = []

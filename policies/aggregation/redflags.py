@@ -12,11 +12,12 @@ call where none is allowed). Those flags always apply, whatever :class:`RedFlags
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field
 
 from expertgraph.core.tools import NamedToolChoice, ToolCall, ToolSpec
@@ -147,13 +148,12 @@ def schema_error(spec: ToolSpec, call: ToolCall) -> str | None:
 
     A schema that is itself invalid checks nothing, so it fails every call, saying so.
     """
-    schema: dict[str, Any] = spec.parameters
-    cls = jsonschema.validators.validator_for(schema)
-    try:
-        cls.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        return f"the JSON schema of tool {spec.name!r} is invalid: {exc.message}"
-    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(call.arguments))
+    import jsonschema  # only steps that offer tools need it (~50 ms to import)
+
+    validator, invalid = _validator(json.dumps(spec.parameters, sort_keys=True))
+    if validator is None:
+        return f"the JSON schema of tool {spec.name!r} is invalid: {invalid}"
+    error = jsonschema.exceptions.best_match(validator.iter_errors(call.arguments))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
@@ -173,3 +173,18 @@ def typical_lengths(texts: Mapping[str, list[str]]) -> dict[str, float]:
                 lengths[mid] if len(lengths) % 2 else (lengths[mid - 1] + lengths[mid]) / 2
             )
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> tuple[Any, str | None]:
+    """A checked validator for one schema (cached: every candidate of every step asks), or
+    None and why the schema itself is invalid."""
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return None, exc.message
+    return cls(schema), None
