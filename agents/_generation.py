@@ -1,21 +1,23 @@
-"""One ``generate`` of a local model under our options: greedy or seeded sampling, stop strings.
+"""Generating from a local model, for a batch of rows at once: options, sampling, stops.
 
-Sampling uses a private ``torch.Generator`` per call, so a seed reproduces a call whatever
-other threads do with torch's global RNG. Stop strings are checked on the decoded new text,
-and a cancelled call stops at the next token.
+One decoding loop serves every backend: a backend (:class:`Engine`) only runs the model
+forward. Each row samples with its own ``torch.Generator`` seeded from its request, so a
+seeded row draws the same tokens in a batch as alone, whatever other threads do with torch's
+global RNG. Rows with the same prompt share one prefill. Stop strings are checked on each
+row's decoded new text; a finished or cancelled row leaves the batch at once.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from expertgraph.agents._loading import LoadedModel
 from expertgraph.agents.base import INVALID_PARAMS, ExpertCallError
+
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -72,97 +74,138 @@ def find_stop(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def run_generate(
-    loaded: LoadedModel,
-    inputs: dict[str, Any],
-    max_new: int,
-    options: Options,
-    stops: tuple[str, ...],
-    cancel: threading.Event,
-) -> Any:
-    """The ids of prompt and answer (batch of one); the caller holds ``loaded.lock``."""
-    import torch
-    from transformers import LogitsProcessorList, StoppingCriteriaList
+@dataclass
+class Request:
+    """One row to generate: a tokenized prompt and how to continue it.
 
-    sampler_cls, stop_cls = _hf_classes()
-    input_len = int(inputs["input_ids"].shape[1])
-    config = copy.deepcopy(loaded.model.generation_config)
-    # Always decode greedily inside transformers; sampling, when asked, is our own processor.
-    config.do_sample = False
-    for attr in ("temperature", "top_p", "top_k", "min_p", "typical_p"):
-        setattr(config, attr, None)
-    config.max_new_tokens = max_new
-    config.max_length = None
-    if config.pad_token_id is None:
-        pad = loaded.tokenizer.pad_token_id
-        config.pad_token_id = pad if pad is not None else min(loaded.eos_token_ids, default=0)
-    processors = LogitsProcessorList()
-    if options.temperature > 0:
-        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
-        processors.append(TemperatureLogitsWarper(options.temperature))
-        if options.top_p is not None and options.top_p < 1:
-            processors.append(TopPLogitsWarper(options.top_p))
-        processors.append(sampler_cls(options.seed))
-    # Our own stop-string check: transformers' stop_strings re-indexes the whole vocabulary
-    # on every call (~1.5 s for Gemma's 262k tokens); decoding a few new tokens is cheap.
-    criteria = StoppingCriteriaList([stop_cls(loaded.tokenizer, input_len, stops, cancel)])
-    with torch.inference_mode():
-        return loaded.model.generate(
-            **inputs,
-            generation_config=config,
-            logits_processor=processors,
-            stopping_criteria=criteria,
-        )
-
-
-@functools.cache
-def _hf_classes() -> tuple[type, type]:
-    """Subclasses of transformers' hooks, built on first use so importing stays torch-free.
-
-    Cached for the process (functools.cache): the classes are built once.
+    ``future`` gets the new token ids (an end-of-sequence token included), or the error.
     """
+
+    prompt: tuple[int, ...]
+    max_new: int
+    options: Options
+    stops: tuple[str, ...]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    num_threads: int | None = None
+    max_batch_size: int = 8
+    batch_window_s: float = 0.005
+    future: Future[list[int]] = field(default_factory=Future)
+
+
+class Engine(Protocol):
+    """A backend's forward pass over the rows of one batch; logits are float32 tensors."""
+
+    def start(self, prompts: list[tuple[int, ...]], rows: list[int]) -> Any:
+        """Prefill each distinct prompt once; row ``i`` continues ``prompts[rows[i]]``.
+
+        Returns the next-token logits, one row per row: shape ``(len(rows), vocab)``.
+        """
+
+    def step(self, tokens: list[int]) -> Any:
+        """Feed one token per live row; the next-token logits of each."""
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every live row not in ``rows`` (indices into the live rows, in order)."""
+
+
+def cancelled_error() -> ExpertCallError:
+    return ExpertCallError("cancelled during generation", type=CANCELLED)
+
+
+def decode_batch(
+    engine: Engine, requests: Sequence[Request], tokenizer: Any, eos_ids: frozenset[int]
+) -> None:
+    """Generate every request's tokens as one batch; settles each request's future."""
     import torch
-    from transformers import LogitsProcessor, StoppingCriteria
 
-    class SeededSampler(LogitsProcessor):
-        """Draws the next token with a private generator; masks every other token."""
+    prompts: dict[tuple[int, ...], int] = {}
+    rows = [prompts.setdefault(r.prompt, len(prompts)) for r in requests]
+    live = list(range(len(requests)))
+    new: list[list[int]] = [[] for _ in requests]
+    generators = [_generator(r.options) for r in requests]
+    try:
+        with torch.inference_mode():
+            logits = engine.start(list(prompts), rows)
+            while True:
+                chosen = _choose(logits, [requests[i] for i in live], [generators[i] for i in live])
+                kept: list[int] = []
+                for j, (i, token) in enumerate(zip(live, chosen, strict=True)):
+                    new[i].append(token)
+                    if _finished(requests[i], new[i], token, tokenizer, eos_ids):
+                        _settle(requests[i], new[i])
+                    else:
+                        kept.append(j)
+                if not kept:
+                    return
+                if len(kept) < len(live):
+                    engine.keep(kept)
+                    live = [live[j] for j in kept]
+                logits = engine.step([new[i][-1] for i in live])
+    except BaseException as exc:
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise
 
-        def __init__(self, seed: int | None) -> None:
-            self.seed = seed
-            self.generator: Any = None
 
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            if self.generator is None:
-                self.generator = torch.Generator(device=scores.device)
-                if self.seed is None:
-                    self.generator.seed()
-                else:
-                    self.generator.manual_seed(self.seed)
-            probs = torch.softmax(scores.float(), dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=self.generator)
-            masked = torch.full_like(scores, float("-inf"))
-            return masked.scatter_(1, chosen, 0.0)
+def _generator(options: Options) -> Any:
+    if options.temperature <= 0:
+        return None
+    import torch
 
-    class TextStop(StoppingCriteria):
-        """Stops when the new text holds a stop string, or when the caller gave up."""
+    generator = torch.Generator()  # on the CPU: rows sample there on every device
+    if options.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(options.seed)
+    return generator
 
-        def __init__(
-            self, tokenizer: Any, prompt_len: int, stops: Sequence[str], cancel: threading.Event
-        ) -> None:
-            self.tokenizer = tokenizer
-            self.prompt_len = prompt_len
-            self.stops = tuple(s for s in stops if s)
-            self.cancel = cancel
 
-        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            done = self.cancel.is_set()
-            if not done and self.stops:
-                text = self.tokenizer.decode(
-                    input_ids[0, self.prompt_len :], skip_special_tokens=True
-                )
-                done = find_stop(text, self.stops) is not None
-            batch = input_ids.shape[0]
-            return torch.full((batch,), done, dtype=torch.bool, device=input_ids.device)
+def _choose(logits: Any, requests: list[Request], generators: list[Any]) -> list[int]:
+    """The next token of each live row: argmax, or a draw from its own generator."""
+    import torch
 
-    return SeededSampler, TextStop
+    chosen: list[int] = logits.argmax(dim=-1).tolist()
+    sampled = [j for j, r in enumerate(requests) if r.options.temperature > 0]
+    if sampled:
+        rows = logits[sampled].float().cpu()
+        for k, j in enumerate(sampled):
+            options = requests[j].options
+            scores = rows[k] / options.temperature
+            if options.top_p is not None and options.top_p < 1:
+                scores = _top_p(scores, options.top_p)
+            probs = torch.softmax(scores, dim=-1)
+            chosen[j] = int(torch.multinomial(probs, 1, generator=generators[j]))
+    return chosen
+
+
+def _top_p(scores: Any, top_p: float) -> Any:
+    """Keep the smallest set of most likely tokens whose probability reaches ``top_p``."""
+    import torch
+
+    ordered, order = torch.sort(scores, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    drop = cumulative <= 1 - top_p
+    drop[-1] = False  # the most likely token always stays
+    return scores.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+
+
+def _finished(
+    request: Request, ids: list[int], token: int, tokenizer: Any, eos_ids: frozenset[int]
+) -> bool:
+    if request.cancel.is_set():
+        return True
+    if token in eos_ids or len(ids) >= request.max_new:
+        return True
+    if request.stops:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        return find_stop(text, request.stops) is not None
+    return False
+
+
+def _settle(request: Request, ids: list[int]) -> None:
+    if request.cancel.is_set():
+        request.future.set_exception(cancelled_error())
+    else:
+        request.future.set_result(list(ids))

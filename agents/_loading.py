@@ -7,19 +7,37 @@ when a model loads, never when this module is imported.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from expertgraph.agents._bundled import BUNDLED_MODELS, bundled_model, resolve_bundled
+from expertgraph.agents._batching import Batcher
+from expertgraph.agents._bundled import (
+    BUNDLED_MODELS,
+    bundled_model,
+    model_cache_dir,
+    resolve_bundled,
+)
+from expertgraph.agents._generation import Engine, Request, decode_batch
+from expertgraph.agents._transformers import TransformersEngine
 from expertgraph.core.errors import ExpertLoadError
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["auto", "transformers", "llama_cpp"]
+"""``auto``: llama.cpp for a GGUF file on the CPU when ``llama_cpp`` is installed, else
+transformers."""
 
-_INSTALL_LOCAL = "pip install 'expertgraph[local]'"
+INSTALL_LOCAL = "pip install 'expertgraph[local]'"
+INSTALL_LLAMA = "pip install 'expertgraph[local,llama]'"
 
 
 @dataclass(frozen=True)
@@ -34,21 +52,50 @@ class Source:
 
 @dataclass
 class LoadedModel:
-    """One set of weights with its tokenizer, shared by every expert that uses it."""
+    """One set of weights with its tokenizer, shared by every expert that uses it.
+
+    Calls go through ``batcher``: its one worker thread is the only user of the weights, and
+    runs concurrent calls as one batch.
+    """
 
     model: Any
+    """The transformers model, or the ``llama_cpp.Llama``."""
     tokenizer: Any
+    """The transformers tokenizer (both backends: the same prompts and token ids)."""
     device: str
     dtype: str
     has_chat_template: bool
     context_limit: int | None
+    """The most tokens (prompt + answer) one call may hold."""
     eos_token_ids: frozenset[int]
     load_s: float
-    # HF models are not safe for concurrent generate(): one call at a time per set of weights.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    new_engine: Callable[[], Engine]
+    """A fresh forward pass over the weights, for one batch."""
+    backend: Literal["transformers", "llama_cpp"] = "transformers"
+    max_rows: int | None = None
+    """The most rows one forward pass takes (None: any); a larger batch runs in parts."""
+    set_threads: Callable[[int], None] | None = None
+    """Sets the thread count before a batch; None: torch's."""
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self._run_batch, self.backend)
+
+    def _run_batch(self, requests: list[Request]) -> None:
+        threads = requests[0].num_threads
+        if threads is not None:
+            # Before each batch: torch's setting is process-wide, and other code may change it.
+            (self.set_threads or import_torch().set_num_threads)(threads)
+        for part in self._parts(requests):
+            decode_batch(self.new_engine(), part, self.tokenizer, self.eos_token_ids)
+
+    def _parts(self, requests: list[Request]) -> list[list[Request]]:
+        """``requests`` in order, in parts of at most ``max_rows``."""
+        size = self.max_rows or len(requests)
+        return [requests[i : i + size] for i in range(0, len(requests), size)]
 
 
-_Key = tuple[str, str | None, str, str]
+_Key = tuple[str, str | None, str, str, str]
 
 # Cache: the weights loaded in this process, keyed by (folder, gguf file, dtype, device) and
 # shared by every expert that resolves to the same key. Entries live until the process ends
@@ -72,7 +119,7 @@ def import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise ExpertLoadError(f"local experts need torch; install with: {_INSTALL_LOCAL}") from exc
+        raise ExpertLoadError(f"local experts need torch; install with: {INSTALL_LOCAL}") from exc
     return torch
 
 
@@ -115,12 +162,53 @@ def resolve_source(model: str, gguf_file: str | None) -> Source:
     )
 
 
-def load_model(source: Source, device: str, dtype: DType, num_threads: int | None) -> LoadedModel:
+def llama_cpp_installed() -> bool:
+    """Whether the optional llama.cpp binding is importable (imports nothing)."""
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_backend(backend: Backend, source: Source, device: str) -> str:
+    """The backend that will run ``source`` on ``device`` (already resolved: cpu/cuda...)."""
+    if backend == "transformers":
+        return backend
+    if backend == "llama_cpp":
+        if source.gguf_file is None:
+            raise ExpertLoadError(
+                f"model {source.label!r}: backend 'llama_cpp' needs a GGUF file, "
+                "not a transformers model folder"
+            )
+        if not llama_cpp_installed():
+            raise ExpertLoadError(
+                f"model {source.label!r}: backend 'llama_cpp' needs llama-cpp-python; "
+                f"install with: {INSTALL_LLAMA}"
+            )
+        return backend
+    if source.gguf_file is not None and device == "cpu" and llama_cpp_installed():
+        return "llama_cpp"
+    return "transformers"
+
+
+def load_model(
+    source: Source,
+    device: str,
+    dtype: DType,
+    num_threads: int | None,
+    backend: Backend = "auto",
+) -> LoadedModel:
     """The weights of ``source`` on ``device`` ("auto": CUDA when torch sees it), cached."""
     torch = import_torch()
     device = _resolve_device(device, torch)
+    chosen = resolve_backend(backend, source, device)
+    if chosen == "llama_cpp":
+        from expertgraph.agents._llama_cpp import load_llama
+
+        key: _Key = (str(source.directory), source.gguf_file, "gguf", "cpu", chosen)
+        return _get_or_load(key, lambda: load_llama(source, num_threads, load_tokenizer))
     resolved_dtype = _resolve_dtype(dtype, device, torch)
-    key: _Key = (str(source.directory), source.gguf_file, resolved_dtype, device)
+    key = (str(source.directory), source.gguf_file, resolved_dtype, device, chosen)
     return _get_or_load(key, lambda: _load(source, device, resolved_dtype, num_threads))
 
 
@@ -157,39 +245,93 @@ def _get_or_load(key: _Key, loader: Callable[[], LoadedModel]) -> LoadedModel:
         return loaded
 
 
-def _load(source: Source, device: str, dtype: str, num_threads: int | None) -> LoadedModel:
-    torch = import_torch()
+def load_tokenizer(source: Source) -> Any:
+    """The transformers tokenizer of ``source`` (its chat template included).
+
+    A GGUF file's tokenizer is converted once (seconds to a minute for a large vocabulary)
+    and saved as tokenizer files under :func:`model_cache_dir`; later loads read those.
+    """
+    with loading_errors(source):
+        from transformers import AutoTokenizer
+
+        cached = _tokenizer_cache(source)
+        if cached is not None and (cached / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(cached), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **_hf_kwargs(source))
+        if cached is not None:
+            _save_tokenizer(tokenizer, cached)
+        return tokenizer
+
+
+def _tokenizer_cache(source: Source) -> Path | None:
+    """Where a GGUF file's converted tokenizer is kept: keyed by the file (path, size, mtime)
+    and the transformers version that converted it."""
+    if source.gguf_file is None:
+        return None
+    import transformers
+
+    path = (source.directory / source.gguf_file).absolute()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return model_cache_dir() / "tokenizers" / f"{path.stem}-{digest}"
+
+
+def _save_tokenizer(tokenizer: Any, target: Path) -> None:
+    """Save into a unique folder, then rename: a concurrent loader never reads half a save.
+    A cache that cannot be written only costs the next load its time."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}")
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ExpertLoadError(
-            f"local experts need transformers; install with: {_INSTALL_LOCAL}"
-        ) from exc
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
+        tokenizer.save_pretrained(str(partial))
+        os.replace(partial, target)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _hf_kwargs(source: Source) -> dict[str, Any]:
     # transformers draws tqdm bars while it dequantizes GGUF weights; a CLI run prints its own
     # progress, and a server's logs should not fill with bars.
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    where = source.directory / source.gguf_file if source.gguf_file else source.directory
     kwargs: dict[str, Any] = {"local_files_only": True}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
-    started = time.perf_counter()
+    return kwargs
+
+
+@contextlib.contextmanager
+def loading_errors(source: Source) -> Iterator[None]:
+    """Turn whatever loading raises into one :class:`ExpertLoadError` naming the files."""
+    where = source.directory / source.gguf_file if source.gguf_file else source.directory
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.directory), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(source.directory), dtype=getattr(torch, dtype), **kwargs
-        )
-        model = model.to(device).eval()
-    except ImportError as exc:  # GGUF loading needs the gguf and accelerate packages
+        yield
+    except ExpertLoadError:
+        raise
+    except ImportError as exc:  # transformers itself, or GGUF loading's gguf and accelerate
         raise ExpertLoadError(
             f"loading {source.label!r} ({where}) needs a missing package: {exc}; "
-            f"install with: {_INSTALL_LOCAL}"
+            f"install with: {INSTALL_LOCAL}"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError...
+    except Exception as exc:  # noqa: BLE001 - loaders raise OSError, ValueError, KeyError...
         raise ExpertLoadError(f"could not load model {source.label!r} from {where}: {exc}") from exc
+
+
+def _load(source: Source, device: str, dtype: str, num_threads: int | None) -> LoadedModel:
+    torch = import_torch()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(source)
+    with loading_errors(source):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(source.directory), dtype=getattr(torch, dtype), **_hf_kwargs(source)
+        )
+        model = model.to(device).eval()
     eos = model.generation_config.eos_token_id
     if eos is None:
         eos = tokenizer.eos_token_id
@@ -197,13 +339,22 @@ def _load(source: Source, device: str, dtype: str, num_threads: int | None) -> L
         int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]) if i is not None
     )
     limit = getattr(model.config, "max_position_embeddings", None)
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = tokenizer.pad_token_id
+    pad_id = int(pad) if pad is not None else min(eos_ids, default=0)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        has_chat_template=has_chat_template(tokenizer),
         context_limit=int(limit) if limit else None,
         eos_token_ids=eos_ids,
         load_s=time.perf_counter() - started,
+        new_engine=lambda: TransformersEngine(model, device, pad_id),
     )
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))

@@ -87,6 +87,16 @@ def encode(
     return {k: v.to(device) for k, v in dict(enc).items()}
 
 
+def encode_ids(
+    tokenizer: Any,
+    messages: list[Message],
+    fmt: Literal["chat", "completion"],
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> tuple[int, ...]:
+    """The prompt's token ids, as :func:`encode` makes them (every backend prompts alike)."""
+    return tuple(int(i) for i in encode(tokenizer, "cpu", messages, fmt, tools)["input_ids"][0])
+
+
 def _template_message(message: Message) -> dict[str, Any]:
     # Templates know role and content (a name is not rendered), and, when they take tools,
     # an assistant's tool_calls (arguments as objects) and a tool result's tool_call_id.

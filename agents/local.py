@@ -1,21 +1,27 @@
-"""An expert backed by a local Hugging Face causal LM: a model folder, a GGUF file or a
-bundled model (``"smollm2-135m"``, ``"gemma3-270m"``).
+"""An expert backed by a local causal LM (transformers or llama.cpp): a model folder, a GGUF
+file or a bundled model (``"smollm2-135m"``, ``"gemma3-270m"``).
 
-torch and transformers are imported when a model loads, never when this module is imported.
+torch, transformers and llama_cpp are imported when a model loads, never when this module is
+imported.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from expertgraph.agents._generation import Options, find_stop, parse_options, run_generate
+from expertgraph.agents._generation import (
+    Options,
+    Request,
+    find_stop,
+    parse_options,
+)
 from expertgraph.agents._loading import (
+    Backend,
     DType,
     LoadedModel,
-    import_torch,
     load_model,
     resolve_source,
 )
@@ -23,7 +29,7 @@ from expertgraph.agents._prompting import (
     PROMPT_ERROR,
     PromptFormat,
     continues_answer,
-    encode,
+    encode_ids,
     template_takes_tools,
 )
 from expertgraph.agents._tool_offer import ToolOffer, take_tool_offer
@@ -37,19 +43,29 @@ __all__ = ["LocalHFExpert"]
 
 _PROMPT_FORMATS = get_args(PromptFormat)
 _DTYPES = get_args(DType)
-_CANCELLED = "cancelled"
+_BACKENDS = get_args(Backend)
 
 
 class LocalHFExpert(Expert):
-    """A transformers ``AutoModelForCausalLM`` run in this process.
+    """A local causal LM run in this process, through transformers or llama.cpp.
 
     ``model`` is a bundled short name (see :data:`expertgraph.agents.BUNDLED_MODELS`), a model
     folder, a folder plus ``gguf_file``, or the path of a ``.gguf`` file. Prompts use the
     tokenizer's chat template, or for base models a completion prompt
     (``"Question: ...\\nAnswer:"``) that stops at a newline; ``prompt_format`` forces one.
     Weights load lazily on the first call or on ``await expert.load()``, once per process for
-    each (model, gguf file, dtype, device). Calls on the same weights run one at a time, in a
-    worker thread.
+    each (model, gguf file, dtype, device, backend).
+
+    ``backend``: ``"transformers"``, ``"llama_cpp"`` (GGUF files; ``pip install
+    'expertgraph[local,llama]'``) or ``"auto"``: llama.cpp for a GGUF file on the CPU when it
+    is installed, else transformers; :attr:`backend_used` says which once loaded. Both use
+    the transformers tokenizer, so prompts, chat templates and token counts are the same.
+
+    Concurrent calls on the same weights are batched: a worker thread gathers them for up to
+    ``batch_window_ms`` and generates up to ``max_batch_size`` rows together (left-padded,
+    each with its own stop strings, token limit and sampling seed, so a batched answer equals
+    the same call made alone); calls with the same prompt share its prefill. The card's
+    ``max_concurrency`` bounds how many calls of one expert are in flight.
 
     Per-call params: ``max_tokens``, ``temperature`` (0 = greedy), ``top_p``, ``stop`` and
     ``seed`` (reproducible sampling); other params are ignored. Stop strings are looked for
@@ -87,6 +103,9 @@ class LocalHFExpert(Expert):
         top_p: float | None = None,
         stop: Sequence[str] | None = None,
         completion_stop: Sequence[str] = ("\n",),
+        backend: Backend = "auto",
+        max_batch_size: int = 8,
+        batch_window_ms: float = 5.0,
     ) -> None:
         super().__init__(name, card)
         if not model or not str(model).strip():
@@ -107,6 +126,21 @@ class LocalHFExpert(Expert):
             raise ConfigError(
                 f"expert {name!r}: dtype must be one of {_DTYPES}, got {dtype!r}", field="dtype"
             )
+        if backend not in _BACKENDS:
+            raise ConfigError(
+                f"expert {name!r}: backend must be one of {_BACKENDS}, got {backend!r}",
+                field="backend",
+            )
+        if max_batch_size < 1:
+            raise ConfigError(
+                f"expert {name!r}: max_batch_size must be >= 1, got {max_batch_size}",
+                field="max_batch_size",
+            )
+        if not batch_window_ms >= 0:
+            raise ConfigError(
+                f"expert {name!r}: batch_window_ms must be >= 0, got {batch_window_ms}",
+                field="batch_window_ms",
+            )
         if num_threads is not None and num_threads < 1:
             raise ConfigError(
                 f"expert {name!r}: num_threads must be >= 1, got {num_threads}", field="num_threads"
@@ -124,6 +158,9 @@ class LocalHFExpert(Expert):
         self.dtype: DType = dtype
         self.num_threads = num_threads
         self.completion_stop = tuple(completion_stop)
+        self.backend: Backend = backend
+        self.max_batch_size = max_batch_size
+        self.batch_window_ms = batch_window_ms
         self._loaded: LoadedModel | None = None
         self._label = self.model_name
 
@@ -135,8 +172,14 @@ class LocalHFExpert(Expert):
 
     @property
     def model(self) -> Any:
-        """The loaded transformers model (shared with other experts), or None before loading."""
+        """The loaded model (shared with other experts), or None before loading: a
+        transformers model, or llama.cpp's model and context handles."""
         return self._loaded.model if self._loaded else None
+
+    @property
+    def backend_used(self) -> str | None:
+        """``"transformers"`` or ``"llama_cpp"`` once loaded, else None."""
+        return self._loaded.backend if self._loaded else None
 
     @property
     def tokenizer(self) -> Any:
@@ -164,18 +207,20 @@ class LocalHFExpert(Expert):
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
         offer = take_tool_offer(params)
         options = parse_options(params, self._defaults)
-        cancel = threading.Event()
+        loaded, request, prepared = await asyncio.to_thread(self._prepare, messages, options, offer)
+        future = loaded.batcher.submit(request)
         try:
-            return await asyncio.to_thread(self._generate_sync, messages, options, cancel, offer)
+            new_tokens = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            # The worker thread cannot be killed; tell it to stop at the next token.
-            cancel.set()
+            # The worker cannot be interrupted; the row leaves its batch at the next token.
+            request.cancel.set()
             raise
+        return self._output(loaded, request, prepared, new_tokens, messages)
 
     def _ensure_loaded(self) -> LoadedModel:
         if self._loaded is None:
             source = resolve_source(self.model_name, self.gguf_file)
-            loaded = load_model(source, self.device, self.dtype, self.num_threads)
+            loaded = load_model(source, self.device, self.dtype, self.num_threads, self.backend)
             self._label = source.label
             self._loaded = loaded
             if "tools" not in self.card.model_fields_set and self._takes_tools(loaded):
@@ -189,13 +234,10 @@ class LocalHFExpert(Expert):
             and template_takes_tools(loaded.tokenizer)
         )
 
-    def _generate_sync(
-        self,
-        messages: list[Message],
-        options: Options,
-        cancel: threading.Event,
-        offer: ToolOffer | None = None,
-    ) -> RawOutput:
+    def _prepare(
+        self, messages: list[Message], options: Options, offer: ToolOffer | None
+    ) -> tuple[LoadedModel, Request, _Prepared]:
+        """The call's tokenized prompt and limits; raises for a call that cannot run."""
         loaded = self._ensure_loaded()
         fmt = self.resolved_prompt_format()
         if fmt == "chat" and not loaded.has_chat_template:
@@ -211,45 +253,53 @@ class LocalHFExpert(Expert):
                 type=TOOLS_UNSUPPORTED,
             )
         stops = options.stop + (self.completion_stop if fmt == "completion" else ())
-        with loaded.lock:
-            if cancel.is_set():
-                raise ExpertCallError("cancelled before generation started", type=_CANCELLED)
-            if self.num_threads is not None:
-                # Per call, in this worker thread: the setting must hold where generate runs.
-                import_torch().set_num_threads(self.num_threads)
-            specs = [t.openai() for t in offer.tools] if tools and offer else None
-            inputs = encode(loaded.tokenizer, loaded.device, messages, fmt, specs)
-            input_len = int(inputs["input_ids"].shape[1])
-            max_new = options.max_tokens
-            if loaded.context_limit is not None:
-                room = loaded.context_limit - input_len
-                if room < 1:
-                    raise ExpertCallError(
-                        f"prompt of {input_len} tokens does not fit the context of "
-                        f"{loaded.context_limit} tokens of {self._label!r}",
-                        type=CONTEXT_WINDOW,
-                    )
-                max_new = min(max_new, room)
-            output = run_generate(loaded, inputs, max_new, options, stops, cancel)
-        if cancel.is_set():
-            raise ExpertCallError("cancelled during generation", type=_CANCELLED)
-        new_tokens = output[0, input_len:]
-        n_out = int(new_tokens.shape[0])
-        if tools:
+        specs = [t.openai() for t in offer.tools] if tools and offer else None
+        prompt = encode_ids(loaded.tokenizer, messages, fmt, specs)
+        max_new = options.max_tokens
+        if loaded.context_limit is not None:
+            room = loaded.context_limit - len(prompt)
+            if room < 1:
+                raise ExpertCallError(
+                    f"prompt of {len(prompt)} tokens does not fit the context of "
+                    f"{loaded.context_limit} tokens of {self._label!r}",
+                    type=CONTEXT_WINDOW,
+                )
+            max_new = min(max_new, room)
+        request = Request(
+            prompt=prompt,
+            max_new=max_new,
+            options=options,
+            stops=stops,
+            num_threads=self.num_threads,
+            max_batch_size=self.max_batch_size,
+            batch_window_s=self.batch_window_ms / 1000.0,
+        )
+        return loaded, request, _Prepared(fmt, tools)
+
+    def _output(
+        self,
+        loaded: LoadedModel,
+        request: Request,
+        prepared: _Prepared,
+        new_tokens: list[int],
+        messages: list[Message],
+    ) -> RawOutput:
+        n_out = len(new_tokens)
+        if prepared.tools:
             text = _decode_keeping_markers(loaded.tokenizer, new_tokens)
         else:
             text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
-        cut = find_stop(text, stops)
+        cut = find_stop(text, request.stops)
         if cut is not None:
             text, finish = text[:cut], "stop"
-        elif n_out and int(new_tokens[-1]) in loaded.eos_token_ids:
+        elif n_out and new_tokens[-1] in loaded.eos_token_ids:
             finish = "stop"
-        elif n_out >= max_new:
+        elif n_out >= request.max_new:
             finish = "length"
         else:
             finish = "stop"
         calls: list[ToolCall] = []
-        if tools:
+        if prepared.tools:
             parsed = parse_tool_output(text)
             text, calls = parsed.text, parsed.tool_calls
             finish = "tool_calls" if calls else finish
@@ -258,11 +308,21 @@ class LocalHFExpert(Expert):
             text=text.rstrip() if continues_answer(messages) else text.strip(),
             tool_calls=calls,
             finish_reason=finish,
-            input_tokens=input_len,
+            input_tokens=len(request.prompt),
             output_tokens=n_out,
             model=self._label,
-            extra={"prompt_format": fmt, "device": loaded.device},
+            extra={
+                "prompt_format": prepared.fmt,
+                "device": loaded.device,
+                "backend": loaded.backend,
+            },
         )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    fmt: Literal["chat", "completion"]
+    tools: bool
 
 
 def _decode_keeping_markers(tokenizer: Any, ids: Any) -> str:

@@ -19,6 +19,7 @@ from expertgraph.agents import (
     BUNDLED_MODELS,
     LocalHFExpert,
     _bundled,
+    _loading,
     bundled_model_available,
     completion_prompt,
 )
@@ -252,6 +253,50 @@ def test_invalid_options_fail_at_construction() -> None:
         LocalHFExpert("x", "smollm2", max_tokens=0)
     with pytest.raises(ConfigError, match="top_p"):
         LocalHFExpert("x", "smollm2", top_p=2.0)
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        LocalHFExpert("x", "smollm2", backend="vllm")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="max_batch_size must be >= 1"):
+        LocalHFExpert("x", "smollm2", max_batch_size=0)
+    with pytest.raises(ConfigError, match="batch_window_ms must be >= 0"):
+        LocalHFExpert("x", "smollm2", batch_window_ms=-1)
+
+
+def test_config_sets_backend_and_batching() -> None:
+    from expertgraph.orchestrator.config.build import build_expert
+    from expertgraph.orchestrator.config.schema import parse_config
+
+    entry = {
+        "name": "s",
+        "kind": "local",
+        "model": "smollm2-135m",
+        "backend": "llama_cpp",
+        "max_batch_size": 4,
+        "batch_window_ms": 2.5,
+    }
+    cfg = parse_config({"experts": [entry]}, path="x.yaml")
+    expert = build_expert(cfg.experts[0])
+    assert isinstance(expert, LocalHFExpert)
+    assert (expert.backend, expert.max_batch_size, expert.batch_window_ms) == ("llama_cpp", 4, 2.5)
+    with pytest.raises(ConfigError, match="backend"):
+        parse_config({"experts": [{**entry, "backend": "onnx"}]}, path="x.yaml")
+
+
+def test_auto_backend_is_llama_cpp_only_for_gguf_on_cpu_when_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = _loading.resolve_source("smollm2-135m", None)
+    folder = _loading.Source(tmp_path, None, "folder")
+    assert _loading.llama_cpp_installed()  # CI installs it (scripts/test.sh)
+    assert _loading.resolve_backend("auto", gguf, "cpu") == "llama_cpp"
+    assert _loading.resolve_backend("auto", gguf, "cuda") == "transformers"
+    assert _loading.resolve_backend("auto", folder, "cpu") == "transformers"
+    assert _loading.resolve_backend("transformers", gguf, "cpu") == "transformers"
+    with pytest.raises(ExpertLoadError, match="needs a GGUF file"):
+        _loading.resolve_backend("llama_cpp", folder, "cpu")
+    monkeypatch.setattr(_loading, "llama_cpp_installed", lambda: False)
+    assert _loading.resolve_backend("auto", gguf, "cpu") == "transformers"
+    with pytest.raises(ExpertLoadError, match=r"pip install 'expertgraph\[local,llama\]'"):
+        _loading.resolve_backend("llama_cpp", gguf, "cpu")
 
 
 async def test_invalid_params_become_errors(smol: LocalHFExpert) -> None:
@@ -267,3 +312,23 @@ def test_env_cache_default_is_under_the_user_cache(monkeypatch: pytest.MonkeyPat
     assert _bundled.model_cache_dir() == Path("/somewhere/cache/expertgraph/models")
     monkeypatch.setenv("EXPERTGRAPH_MODEL_CACHE", "/elsewhere")
     assert _bundled.model_cache_dir() == Path("/elsewhere")
+
+
+def test_gguf_tokenizer_is_converted_once_and_cached_as_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smol: LocalHFExpert
+) -> None:
+    from expertgraph.agents._prompting import encode_ids
+
+    monkeypatch.setenv("EXPERTGRAPH_MODEL_CACHE", str(tmp_path))
+    source = _loading.resolve_source("smollm2-135m", None)
+    fresh = _loading.load_tokenizer(source)  # converted from the GGUF file, then saved
+    (saved,) = (tmp_path / "tokenizers").iterdir()
+    assert (saved / "tokenizer_config.json").is_file()
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    cached = _loading.load_tokenizer(source)
+    messages = [Message(role="user", content="Héllo, what is 17 + 25?  \n")]
+    for fmt in ("chat", "completion"):
+        assert encode_ids(cached, messages, fmt) == encode_ids(fresh, messages, fmt)  # type: ignore[arg-type]
+    assert cached.chat_template == fresh.chat_template == smol.tokenizer.chat_template
+    assert cached.eos_token_id == fresh.eos_token_id
+    assert cached.all_special_ids == fresh.all_special_ids
