@@ -30,6 +30,10 @@ class Policy(ABC):
     """Whether :meth:`decide` does heavy work (embedding, inference) that belongs in a
     worker thread; cheap policies set it False and run on the event loop."""
 
+    paired_aggregator: Aggregator | None = None
+    """The aggregator this policy's decisions are made for (a trained cascade's own stages),
+    used when the orchestrator is given none."""
+
     async def adecide(self, state: RoutingState) -> Decision:
         """Async entry point used by the orchestrator."""
         if not self.blocking:

@@ -52,6 +52,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--k", type=int, default=1, help="experts per query (top-k)")
     p.add_argument(
+        "--aggregator",
+        default=None,
+        help="replay the rows' recorded replies through this aggregator (majority, ahead-by-k, "
+        "...) with --policy all, cascade, random or fixed:A,B",
+    )
+    p.add_argument(
+        "--prices",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON map expert -> {input, output} USD per 1M tokens (tokens: meta.tokens, "
+        "else characters/4)",
+    )
+    p.add_argument(
         "--param",
         action="append",
         metavar="KEY=VALUE",
@@ -95,7 +108,11 @@ def run(args: argparse.Namespace) -> int:
         home=args.home,
         seed=args.seed,
         plot=args.plot,
+        aggregator=args.aggregator,
+        prices=args.prices,
     )
+    if "escalations" in result:
+        return _print_replay(result, args.json)
     b = result["baselines"]
     best = b["best_single"]
     print(
@@ -124,6 +141,41 @@ def run(args: argparse.Namespace) -> int:
     if "plot" in result:
         print(f"  Pareto plot: {result['plot']}")
     if args.json:
+        print(json.dumps(_finite(result)))
+    return 0
+
+
+def _print_replay(result: dict[str, Any], as_json: bool) -> int:
+    """A multi-call policy replayed on recorded replies, next to the baselines."""
+    b = result["baselines"]
+    print(
+        f"{result['dataset']} ({result['split']}, n={result['n']}), "
+        f"cost unit: {result['cost_unit']}"
+    )
+    ratio = result.get("cost_vs_best_single")
+    print(
+        f"  {result['policy']:<24} score {_fmt(result['score'])}  cost {result['cost']:.6g}  "
+        f"calls/query {_fmt(result['calls_per_query'])}"
+        + (f"  ({ratio:.1%} of best single's cost)" if ratio is not None else "")
+    )
+    for label, key in (("best single", "best_single"), ("cheapest", "cheapest")):
+        row = b[key]
+        print(
+            f"  {label:<24} score {_fmt(row['score'])}  cost {row['cost']:.6g}  ({row['expert']})"
+        )
+    for label in ("oracle", "random"):
+        print(f"  {label:<24} score {_fmt(b[label]['score'])}  cost {b[label]['cost']:.6g}")
+    print("  calls: " + ", ".join(f"{k} {v:.1%}" for k, v in result["mix"].items()))
+    stops = result["escalations"]["stopped_at_stage"]
+    print("  stopped at stage: " + ", ".join(f"{k} {v:.1%}" for k, v in stops.items()))
+    for task, row in (result.get("per_task") or {}).items():
+        print(
+            f"    {task:<22} n={row['n']:<5} score {row['score']:.4f}  cost {row['cost']:.6g}  "
+            f"calls/query {row['calls_per_query']:.2f}"
+        )
+    if "plot" in result:
+        print(f"  Pareto plot: {result['plot']}")
+    if as_json:
         print(json.dumps(_finite(result)))
     return 0
 

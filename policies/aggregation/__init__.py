@@ -10,7 +10,7 @@ from expertgraph.core._lazy import lazy_exports
 if TYPE_CHECKING:
     from expertgraph.policies.aggregation.ahead_by_k import AheadByK
     from expertgraph.policies.aggregation.answers import Extracted, extract_answer
-    from expertgraph.policies.aggregation.cascade import CascadeAggregator
+    from expertgraph.policies.aggregation.cascade import CascadeAggregator, StagedCascade
     from expertgraph.policies.aggregation.fusion import LLMFusion
     from expertgraph.policies.aggregation.judge import JudgeRanking
     from expertgraph.policies.aggregation.medoid import MedoidAggregator
@@ -28,6 +28,7 @@ _EXPORTS = {
     "MedoidAggregator": "expertgraph.policies.aggregation.medoid",
     "RedFlags": "expertgraph.policies.aggregation.redflags",
     "ReplayOutcome": "expertgraph.policies.aggregation.replay",
+    "StagedCascade": "expertgraph.policies.aggregation.cascade",
     "WeightedVote": "expertgraph.policies.aggregation.voting",
     "extract_answer": "expertgraph.policies.aggregation.answers",
     "replay_step": "expertgraph.policies.aggregation.replay",
@@ -43,6 +44,7 @@ __all__ = [
     "MedoidAggregator",
     "RedFlags",
     "ReplayOutcome",
+    "StagedCascade",
     "WeightedVote",
     "extract_answer",
     "replay_step",

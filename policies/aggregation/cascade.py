@@ -3,17 +3,25 @@
 The other half of :class:`~expertgraph.policies.routing.cascade.CascadePolicy`: it draws extra
 samples of the current expert at a temperature above zero and, when they disagree (agreement
 below the threshold), asks the orchestrator for the next expert of the cascade.
+:class:`StagedCascade` is the other half of a learned cascade
+(:class:`~expertgraph.policies.routing.cascade.LearnedCascade`): stages of experts, stopping
+when enough of their answers agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from expertgraph.core import AggregationContext, Aggregator
 from expertgraph.core.types import Exclusion, Generation, SampleRequest, StepResult
 from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, count, tally
+from expertgraph.policies.aggregation.redflags import RedFlags
+
+CASCADE_FLAGS = RedFlags()
+"""The red flags of a learned cascade (unparseable, truncated, a refusal): the one setting
+training, offline evaluation and a live run read replies with."""
 
 
 def agreement(ballots: Sequence[Ballot]) -> float:
@@ -217,5 +225,84 @@ class CascadeAggregator(Aggregator):
                 "more": more,
                 "stop_reason": stop_reason,
                 "meta": meta,
+            }
+        )
+
+
+class StagedCascade(Aggregator):
+    """The live half of a learned cascade: stop when enough replies agree, else the next stage.
+
+    Reads the :class:`~expertgraph.policies.learning.cascade_plan.CascadePlan` of the step's
+    task (``Task.metadata["task"]``, else the plan's default): the replies so far are read
+    with the plan's answer format and red flags, counted in a vote weighted by each expert's
+    measured reliability, and the step stops once the leading answer has the stage's
+    ``need`` supporters (after the last stage, the weighted vote decides). Otherwise it asks
+    for the next stage's experts. ``StepResult.meta["cascade"]`` says at which stage it
+    stopped and why.
+    """
+
+    name = "cascade"
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+
+    def combine(self, candidates: list[Generation], context: AggregationContext) -> StepResult:
+        from expertgraph.policies.learning.cascade_plan import MIN_WEIGHT, TASK_KEY
+
+        label = context.task.metadata.get(TASK_KEY)
+        plan = self.plan.for_task(label, context.instruction)
+        ctx = replace(context, answer_format=plan.answer_format)
+        weights = plan.weights()
+        ballots, excluded = cast_ballots(
+            candidates,
+            ctx,
+            weight=lambda g, _c: weights.get(g.expert, MIN_WEIGHT),
+            flags=CASCADE_FLAGS,
+        )
+        called = {g.expert for g in candidates}
+        stage = 0
+        while stage + 1 < len(plan.stages) and all(e in called for e in plan.stages[stage + 1]):
+            stage += 1
+        last = stage == len(plan.stages) - 1
+        voted = tally(ballots, excluded, ctx, self.name)
+        support = len(voted.winner)
+        info: dict[str, Any] = {
+            "task": label if label in self.plan.tasks else None,
+            "stage": stage,
+            "supporters": support,
+            "plan": plan.describe(),
+        }
+        if last or (ballots and support >= plan.need[stage]):
+            if not ballots:
+                why = "cascade: no usable answer after the last stage"
+            elif last and stage > 0:
+                why = f"cascade: weighted vote after the last stage {stage}"
+            elif last:
+                why = "cascade: the only stage answered"
+            else:
+                why = f"cascade: stopped at stage {stage} ({support} >= {plan.need[stage]} agree)"
+            info["accepted"] = stage
+            return voted.model_copy(update={"stop_reason": why, "meta": {"cascade": info}})
+        nxt = [e for e in plan.stages[stage + 1] if e not in called]
+        reason = (
+            f"no usable answer at stage {stage}"
+            if not ballots
+            else f"{support} < {plan.need[stage]} agree at stage {stage}"
+        )
+        if context.calls_left <= 0 or not nxt:
+            info["accepted"] = stage
+            return voted.model_copy(
+                update={
+                    "stop_reason": f"cascade: {reason}; no calls left to escalate",
+                    "meta": {"cascade": info},
+                }
+            )
+        return voted.model_copy(
+            update={
+                "more": SampleRequest(
+                    experts=nxt, params={}, reason=f"escalate to {'+'.join(nxt)}: {reason}"
+                ),
+                "stop_reason": f"pending: escalate after stage {stage} ({reason})",
+                "meta": {"cascade": info},
             }
         )

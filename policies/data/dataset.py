@@ -241,6 +241,19 @@ def _load_jsonl_dataset(path: str, split: str | None) -> RoutingDataset:
     return from_examples(rows, name=Path(path).stem, split=split or "all")
 
 
+def marked_split(path: str | Path, split: str) -> str | None:
+    """``split`` when ``path`` is JSONL whose rows mark it in ``meta.split``, else None.
+
+    Commands that train or evaluate on recorded replies default to the rows meant for them
+    (train for ``train``, test for ``eval``) when the data says which those are.
+    """
+    text, _ = split_subset(path)
+    if not Path(text).is_file():
+        return None
+    rows = load_jsonl(text)
+    return split if any(r.meta.get("split") == split for r in rows) else None
+
+
 def load_dataset(
     path: str | Path, *, split: str | None = None, subset: str | None = None
 ) -> RoutingDataset:

@@ -66,6 +66,9 @@ class ZeroEvalSet:
     kind: Kind
     published: dict[str, float] = field(default_factory=dict)
     """ZeroEval's own accuracy (percent) per model, from ``<task>.summary.json``."""
+    prompt_chars: list[int] = field(default_factory=list)
+    """Characters of each question's full prompt as sent (``chat_history``: the question in
+    ZeroEval's fixed instruction), for token estimates."""
 
     @property
     def n(self) -> int:
@@ -112,14 +115,18 @@ class ZeroEvalSet:
             answer_format=self.answer_format,
             kind=self.kind,
             published={m: v for m, v in self.published.items() if m in models},
+            prompt_chars=self.prompt_chars,
         )
 
     def routing_examples(self) -> list[RoutingExample]:
         """One :class:`RoutingExample` per question: 1/0 correctness per model, and replies.
 
         ZeroEval stores no prices or token counts, so ``costs`` is left empty; ``meta`` holds
-        each reply's length in characters as a cost proxy, and the gold answer.
+        each reply's length in characters as a cost proxy, the full prompt's length
+        (``input_chars``, for :mod:`~expertgraph.policies.data.prices`), the gold answer and
+        the answer format the replies were scored with.
         """
+        fmt = self.answer_format.model_dump(exclude_defaults=True)
         rows: list[RoutingExample] = []
         for q, qid in enumerate(self.ids):
             rows.append(
@@ -135,6 +142,12 @@ class ZeroEvalSet:
                             m: len(self.responses[i][q]) for i, m in enumerate(self.models)
                         },
                         "answers": {m: self.answers[i][q] for i, m in enumerate(self.models)},
+                        "answer_format": fmt,
+                        **(
+                            {"input_chars": self.prompt_chars[q]}
+                            if q < len(self.prompt_chars)
+                            else {}
+                        ),
                     },
                 )
             )
@@ -187,6 +200,17 @@ def _question_text(record: dict[str, Any]) -> str:
     if isinstance(history, list) and history:
         return str(history[-1])
     return ""
+
+
+def _prompt_text(record: dict[str, Any]) -> str:
+    """The prompt as sent: ZeroEval's ``chat_history`` (instruction and question), else the
+    question."""
+    history = record.get("chat_history")
+    if isinstance(history, list):
+        return "\n".join(str(h) for h in history)
+    if isinstance(history, str) and history.strip():
+        return history
+    return _question_text(record)
 
 
 def _gold_field(record: dict[str, Any]) -> str:
@@ -304,6 +328,7 @@ def load_zeroeval(
         answer_format=fmt,
         kind=kind,
         published=_published(root),
+        prompt_chars=[len(_prompt_text(first[q])) for q in ids],
     )
 
 

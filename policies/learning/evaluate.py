@@ -6,7 +6,9 @@ next to baselines on the same rows (best single expert, oracle, random). Over a 
 lambda it gives a cost/quality curve, RouterBench's AIQ (area under the non-decreasing
 convex hull of that curve, normalised by the cost range) and a Pareto plot; on two-expert
 data it gives RouteLLM's APGR and CPT(x%) computed the way RouteLLM's ``evaluate.py`` does
-(10 quantile thresholds of the router's strong-win score, trapezoid area).
+(10 quantile thresholds of the router's strong-win score, trapezoid area). Policies that
+call several experts (a trained cascade, a policy with an aggregator) are replayed on the
+rows' recorded replies (:mod:`~expertgraph.policies.learning.replay_eval`).
 """
 
 from __future__ import annotations
@@ -347,7 +349,7 @@ def plot_pareto(
         ax.scatter([p["cost"]], [p["score"]], marker="x", color="grey")
         ax.annotate(name[:22], (p["cost"], p["score"]), fontsize=7, color="grey")
     for name, (c, s) in (marks or {}).items():
-        ax.scatter([c], [s], marker="*", s=120)
+        ax.scatter([c], [s], marker="*", s=120, label=name)
         ax.annotate(name, (c, s), fontsize=8)
     ax.set_xlabel(cost_label)
     ax.set_ylabel("mean score")
@@ -390,6 +392,8 @@ def evaluate(
     train_split: str = "train",
     seed: int = 0,
     plot: str | Path | None = None,
+    aggregator: str | None = None,
+    prices: str | Path | None = None,
 ) -> dict[str, Any]:
     """Measure one policy on a dataset; the result is the ``eval --json`` object.
 
@@ -399,6 +403,12 @@ def evaluate(
     (``random``, ``oracle``, ``best-single``, ``cheapest``, ``fixed:<expert>``). Lambda
     comes from ``lam``, else from ``target_cost`` calibrated on the evaluation prompts'
     predictions (no labels), else from the artifact (0 for a fresh model).
+
+    Multi-call policies are replayed on the rows' recorded replies
+    (:func:`~expertgraph.policies.learning.replay_eval.replay_rows`): a trained cascade's
+    folder (``expertgraph train --policy cascade``), or any registered policy (``all``,
+    ``cascade``, ``random``, ``fixed:A,B``) with an ``aggregator`` (``majority``,
+    ``ahead-by-k``, ...). ``prices`` (a YAML/JSON price table) gives rows their costs.
     """
     from expertgraph.policies.data.dataset import detect_layout, load_dataset, split_subset
     from expertgraph.policies.learning.features import Featurizer
@@ -410,6 +420,21 @@ def evaluate(
     layout = detect_layout(text)
     split = _default_split(layout, split)
     ds = load_dataset(text, split=split, subset=subset)
+    if prices is not None:
+        from expertgraph.policies.data.prices import apply_prices, load_prices
+
+        ds = apply_prices(ds, load_prices(prices))
+    multi = _multi_call(policy, aggregator)
+    if multi is not None:
+        if split is None and layout == "jsonl":
+            from expertgraph.policies.data.dataset import marked_split
+
+            test_split = marked_split(text, "test")
+            if test_split is not None:  # rows marked train/test: a policy is judged on test
+                ds = load_dataset(text, split=test_split)
+                if prices is not None:
+                    ds = apply_prices(ds, load_prices(prices))
+        return _evaluate_replay(ds, multi, policy, aggregator, plot=plot)
     S, C, experts = ds.scores(), ds.costs(), ds.experts
     n, e = S.shape
     quality: np.ndarray | None = None
@@ -549,6 +574,91 @@ def evaluate(
                 singles,
                 title=f"{ds.name} ({ds.split}, n={n})",
                 cost_label=f"mean cost ({ds.cost_unit or 'none'})",
+            )
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------- multi-call
+
+
+def _multi_call(policy: str, aggregator: str | None) -> str | None:
+    """``cascade`` for a trained cascade's folder, ``replay`` with an aggregator, else None."""
+    path = Path(policy)
+    if (path / "meta.json").is_file():
+        from expertgraph.policies.learning.artifacts import load_artifact
+
+        if load_artifact(path).kind == "cascade":
+            if aggregator is not None:
+                raise PolicyError(
+                    f"{policy}: a trained cascade brings its own aggregator; drop --aggregator"
+                )
+            return "cascade"
+    return "replay" if aggregator is not None else None
+
+
+def _evaluate_replay(
+    ds: Any, mode: str, policy: str, aggregator: str | None, *, plot: str | Path | None
+) -> dict[str, Any]:
+    from expertgraph.policies.learning.replay_eval import expert_views, replay_rows
+
+    curve: list[dict[str, float]] = []
+    if mode == "cascade":
+        from expertgraph.policies.routing.cascade import LearnedCascade
+
+        live = LearnedCascade.load(policy, experts=ds.experts)
+        agg: Any = live.paired_aggregator
+        name = f"cascade:{Path(policy).name}"
+        points = (live.plan.meta.get("calibration") or {}).get("curve") or []
+        curve = [{"cost": float(c), "score": float(s)} for c, s in points]
+        policy_obj: Any = live
+    else:
+        from expertgraph.policies.registry import BuildContext, build_aggregator, build_policy
+
+        views = {v.name: v for v in expert_views(ds)}
+        ctx = BuildContext(experts=views)
+        if policy.startswith("fixed:"):
+            names = [n for n in policy.split(":", 1)[1].split(",") if n]
+            policy_obj = build_policy("fixed", {"experts": names}, ctx)
+        else:
+            policy_obj = build_policy(policy, {}, ctx)
+        assert aggregator is not None
+        agg = build_aggregator(aggregator, {}, ctx)
+        name = f"{policy}+{aggregator}"
+    report = replay_rows(ds, policy_obj, agg, name=name)
+    S, C = ds.scores(), ds.costs()
+    base = baselines(S, C, ds.experts)
+    result: dict[str, Any] = {"dataset": ds.name, "split": ds.split, "n": len(ds)}
+    result.update(report.summary())
+    best = base["best_single"]
+    if best["cost"] > 0:
+        result["cost_vs_best_single"] = report.cost / best["cost"]
+    result["score_vs_best_single"] = report.score - best["score"]
+    tasks = report.per_task()
+    if tasks:
+        result["per_task"] = tasks
+    result["baselines"] = {
+        "best_single": best,
+        "cheapest": base["cheapest"],
+        "oracle": {"score": base["oracle"]["score"], "cost": base["oracle"]["cost"]},
+        "random": base["random"],
+    }
+    result["cost_unit"] = ds.cost_unit or "none (the data has no costs)"
+    if plot is not None:
+        marks = {
+            name: (report.cost, report.score),
+            "oracle": (base["oracle"]["cost"], base["oracle"]["score"]),
+            "random": (base["random"]["cost"], base["random"]["score"]),
+        }
+        curves = {f"{name} (training, out-of-fold)": curve} if curve else {}
+        result["plot"] = str(
+            plot_pareto(
+                plot,
+                curves,
+                base["singles"],
+                title=f"{ds.name} ({ds.split}, n={len(ds)})",
+                cost_label=f"mean cost ({ds.cost_unit or 'none'})",
+                marks=marks,
             )
         )
     return result

@@ -6,7 +6,7 @@ from expertgraph.core._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from expertgraph.policies.routing.baselines import OraclePolicy, RandomPolicy
-    from expertgraph.policies.routing.cascade import CascadePolicy
+    from expertgraph.policies.routing.cascade import CascadePolicy, LearnedCascade
     from expertgraph.policies.routing.embedding import EmbeddingRouter
     from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
     from expertgraph.policies.routing.learned import LearnedRouter
@@ -19,6 +19,7 @@ _EXPORTS = {
     "EmbeddingRouter": "expertgraph.policies.routing.embedding",
     "FixedPolicy": "expertgraph.policies.routing.fixed",
     "LLMRouter": "expertgraph.policies.routing.llm_router",
+    "LearnedCascade": "expertgraph.policies.routing.cascade",
     "LearnedRouter": "expertgraph.policies.routing.learned",
     "OraclePolicy": "expertgraph.policies.routing.baselines",
     "RandomPolicy": "expertgraph.policies.routing.baselines",
@@ -31,6 +32,7 @@ __all__ = [
     "EmbeddingRouter",
     "FixedPolicy",
     "LLMRouter",
+    "LearnedCascade",
     "LearnedRouter",
     "OraclePolicy",
     "RandomPolicy",

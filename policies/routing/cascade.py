@@ -6,13 +6,16 @@ predictor, with the cheapest expert whose predicted quality reaches the threshol
 half, :class:`~expertgraph.policies.aggregation.cascade.CascadeAggregator`, checks the answer
 inside the step and escalates;
 :func:`~expertgraph.policies.learning.calibration.calibrate_threshold` picks either threshold
-on held-out rows.
+on held-out rows. :class:`LearnedCascade` runs a cascade trained on recorded replies
+(:mod:`~expertgraph.policies.learning.cascade_fit`): stages of experts per task, with its
+own aggregator.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -138,4 +141,56 @@ class CascadePolicy(Policy):
             rationale=routed_around_note(rationale, state.routed_around),
             policy=self.name,
             meta=meta,
+        )
+
+
+class LearnedCascade(Policy):
+    """A trained cascade (``expertgraph train --policy cascade``): the first stage of the plan
+    of the step's task (``Task.metadata["task"]``, else the plan's default).
+
+    Its scores are every expert's measured reliability on the task, so the vote's tie-breaks
+    and the orchestrator's fallback follow it. :attr:`paired_aggregator` is the
+    :class:`~expertgraph.policies.aggregation.cascade.StagedCascade` that runs the rest of
+    the plan; a configuration that names this policy gets it as its aggregator.
+    """
+
+    name = "cascade"
+
+    def __init__(self, plan: Any) -> None:
+        from expertgraph.policies.aggregation.cascade import StagedCascade
+
+        self.plan = plan
+        self.paired_aggregator = StagedCascade(plan)
+
+    @classmethod
+    def load(cls, path: str | Path, experts: Sequence[str] | None = None) -> LearnedCascade:
+        """Load a trained cascade; with ``experts``, refuse one trained for other experts."""
+        from expertgraph.policies.learning.cascade_plan import CascadePlan
+
+        return cls(CascadePlan.load(path, experts))
+
+    def decide(self, state: RoutingState) -> Decision:
+        from expertgraph.policies.learning.cascade_plan import TASK_KEY, router_scores
+
+        instruction = next_instruction(state)
+        if instruction is None:
+            return finish_decision(state, self.name, OPEN_TASK_ANSWERED)
+        label = state.task.metadata.get(TASK_KEY)
+        plan = self.plan.for_task(label, instruction)
+        names = [v.name for v in state.candidates]
+        scores = router_scores(plan.reliability, names)
+        first = [e for e in plan.stages[0] if e in scores]
+        if not first:  # the plan's first stage is not allowed here: the most reliable expert
+            first = [max(scores, key=lambda n: scores[n])]
+        which = f"task {label!r}" if label in self.plan.tasks else "the default plan"
+        return Decision(
+            instruction=instruction,
+            experts=first,
+            scores=scores,
+            mode="cascade",
+            rationale=routed_around_note(
+                f"learned cascade ({which}): {plan.describe()}", state.routed_around
+            ),
+            policy=self.name,
+            meta={"cascade_task": label if label in self.plan.tasks else None},
         )
