@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from expertgraph.agents._litellm import import_litellm
 from expertgraph.agents.base import CONTEXT_WINDOW, TIMEOUT
+from expertgraph.traces.redact import redact_text
 
 _MAX_MESSAGE_CHARS = 1000
 
@@ -137,6 +138,7 @@ def safe_message(text: str, secret: str | None) -> str:
     # Redact before truncating, so no prefix of the secret survives a cut.
     if secret and len(secret) >= 4 and secret in text:
         text = text.replace(secret, "***")
+    text = redact_text(text)  # and every other secret the process knows
     return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
@@ -157,12 +159,36 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its explicit causes (``raise ... from``), outermost first.
+
+    An implicit ``__context__`` is followed only from one error of the call's own stack to
+    another (LiteLLM and the OpenAI SDK wrap the transport's error while handling it, without
+    ``from``, so their chain is all context). Any other context, e.g. an error that was being
+    handled when the call started (``asyncio.run`` inside an ``except``), is never read as
+    the call's failure.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen and len(seen) < 16:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif current.__suppress_context__:
+            current = None
+        else:
+            context = current.__context__
+            linked = context is not None and _transport_error(current) and _transport_error(context)
+            current = context if linked else None
+
+
+def _transport_error(exc: BaseException) -> bool:
+    """An error of the call's own stack: httpx, the OpenAI SDK, LiteLLM, aiohttp, sockets."""
+    module = type(exc).__module__
+    roots = ("httpx", "httpcore", "openai", "litellm", "aiohttp", "anyio", "ssl", "socket")
+    if module.split(".")[0] in roots:
+        return True
+    return isinstance(exc, (OSError, TimeoutError, asyncio.TimeoutError))
 
 
 def _status_code(exc: BaseException, evidence: list[BaseException]) -> int | None:

@@ -6,14 +6,15 @@ import asyncio
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from expertgraph.agents._tool_offer import TOOL_PARAMS, new_call_id
-from expertgraph.agents.base import Expert, RawOutput, last_user_text
+from expertgraph.agents.base import Expert, MessageLike, RawOutput, last_user_text
 from expertgraph.core.errors import ExpertCallError
 from expertgraph.core.tools import ToolCall
-from expertgraph.core.types import ExpertCard, Generation, Message
+from expertgraph.core.types import DEFAULT_MAX_REPLY_CHARS, ExpertCard, Generation, Message
 
 
 class CallableExpert(Expert):
@@ -32,15 +33,28 @@ class CallableExpert(Expert):
     ids are generated); a call whose arguments are not a JSON object comes back with
     ``invalid`` set. A function that names a ``tools`` parameter can call tools: its card
     says so unless the card given sets ``tools``.
+
+    A reply longer than ``max_reply_chars`` (default 1 MB of text) is cut there and flagged
+    (``Generation.truncated``, finish reason ``length``).
     """
 
     kind = "callable"
 
-    def __init__(self, name: str, fn: Callable[..., Any], card: ExpertCard | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        card: ExpertCard | None = None,
+        *,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+    ) -> None:
         super().__init__(name, card)
         if not callable(fn):
             raise TypeError(f"expert {name!r}: {fn!r} is not callable")
+        if not max_reply_chars >= 1:
+            raise ValueError(f"expert {name!r}: max_reply_chars must be >= 1")
         self.fn = fn
+        self.max_reply_chars = int(max_reply_chars)
         signature = inspect.signature(fn)
         self._wants_messages = "messages" in signature.parameters
         self._accepts_kwargs = any(
@@ -55,20 +69,33 @@ class CallableExpert(Expert):
 
     @classmethod
     def from_import_path(
-        cls, name: str, path: str, card: ExpertCard | None = None
+        cls,
+        name: str,
+        path: str,
+        card: ExpertCard | None = None,
+        *,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
     ) -> CallableExpert:
-        """Build from ``"package.module:function"``."""
+        """Build from ``"package.module:function"``.
+
+        A module that cannot be imported (a syntax error, an exception at import) raises a
+        one-line :class:`ValueError` naming the file and line.
+        """
         module_name, _, attr = path.partition(":")
         if not module_name or not attr:
             raise ValueError(
                 f"expert {name!r}: callable must look like 'module:function', got {path!r}"
             )
-        module = importlib.import_module(module_name)
+        module = _import(name, module_name)
         try:
             fn = getattr(module, attr)
         except AttributeError as exc:
             raise ValueError(f"expert {name!r}: module {module_name!r} has no {attr!r}") from exc
-        return cls(name, fn, card)
+        return cls(name, fn, card, max_reply_chars=max_reply_chars)
+
+    async def generate(self, messages: Sequence[MessageLike] | str, **params: Any) -> Generation:
+        """:meth:`Expert.generate`, the reply cut at ``max_reply_chars``."""
+        return (await super().generate(messages, **params)).cut(self.max_reply_chars)
 
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
         arg: Any = messages if self._wants_messages else last_user_text(messages)
@@ -83,6 +110,25 @@ class CallableExpert(Expert):
             if inspect.isawaitable(result):
                 result = await result
         return _to_raw(result, self.name)
+
+
+def _import(name: str, module_name: str) -> Any:
+    """Import the callable's module; a broken one gives one line naming file and line."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        raise  # "No module named ...": already one line
+    except SyntaxError as exc:  # IndentationError included
+        where = f"{exc.filename or module_name}:{exc.lineno or '?'}"
+        raise ValueError(f"expert {name!r}: {where}: {type(exc).__name__}: {exc.msg}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the module raised at import
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "<frozen" not in f.filename]
+        last = frames[-1] if frames else None
+        where = f"{last.filename}:{last.lineno}" if last is not None else module_name
+        raise ValueError(
+            f"expert {name!r}: {where}: importing {module_name!r} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _to_raw(result: Any, name: str) -> RawOutput:

@@ -20,6 +20,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        running = False
+    else:
+        running = True
+    if not running:
+        # Outside the ``except``: a coroutine run inside it would see the "no running event
+        # loop" error as the context of every exception it raises.
         return asyncio.run(coro)
     box: dict[str, Any] = {}
 

@@ -123,6 +123,8 @@ class JudgeOptions(_Options):
     swap: bool = False
     max_tokens: int = Field(256, ge=1)
     max_candidate_chars: int | None = Field(4000, ge=1)
+    structured: bool | None = None
+    """Ask for a JSON-schema verdict; unset: when the expert supports it."""
 
 
 def _reliability(options: ReliabilityOptions, ctx: BuildContext) -> dict[str, float]:
@@ -193,6 +195,7 @@ def _judge(options: JudgeOptions, ctx: BuildContext) -> Aggregator:
         swap=options.swap,
         max_tokens=options.max_tokens,
         max_candidate_chars=options.max_candidate_chars,
+        structured=options.structured,
     )
 
 
@@ -209,9 +212,14 @@ class LLMRouterOptions(_Options):
     max_output_chars: int = Field(2000, ge=1)
     max_raw_chars: int = Field(500, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
+    structured: bool | None = None
+    """Ask for a JSON-schema decision; unset: when the expert supports it."""
 
 
 class CascadeOptions(_Options):
+    path: str | None = None
+    """A trained cascade's folder (`expertgraph train --policy cascade`); relative to home if
+    not found. It brings its own aggregator and takes no other option."""
     order: list[str] | None = None
     predictor: dict[str, Any] | None = None
     """A policy exposing ``predict_quality`` (e.g. a trained one): ``{name: ..., ...options}``."""
@@ -219,6 +227,8 @@ class CascadeOptions(_Options):
 
 
 class CascadeAggregatorOptions(_Options):
+    path: str | None = None
+    """A trained cascade's folder: its stages and stopping rule (the policy's own aggregator)."""
     order: list[str] | None = None
     samples: int = Field(2, ge=0)
     temperature: float = Field(0.7, ge=0)
@@ -278,12 +288,35 @@ def _llm_router(options: LLMRouterOptions, ctx: BuildContext) -> Policy:
         max_output_chars=options.max_output_chars,
         max_raw_chars=options.max_raw_chars,
         params=options.params,
+        structured=options.structured,
     )
+
+
+def _trained_cascade(path_text: str, ctx: BuildContext, field_name: str) -> Any:
+    """Load a trained cascade for the configured experts; errors name the field."""
+    from expertgraph.core.errors import PolicyError
+    from expertgraph.policies.routing.cascade import LearnedCascade
+
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = ctx.home / path
+    try:
+        return LearnedCascade.load(path, list(ctx.experts) if ctx.experts else None)
+    except PolicyError as exc:
+        raise ConfigError(f"{field_name}: {exc}", path=str(path), field=field_name) from None
 
 
 def _cascade(options: CascadeOptions, ctx: BuildContext) -> Policy:
     from expertgraph.policies.routing.cascade import CascadePolicy, QualityPredictor
 
+    if options.path is not None:
+        others = sorted(k for k in options.model_fields_set if k != "path")
+        if others:
+            raise ConfigError(
+                f"policy.{others[0]}: a trained cascade (policy.path) takes no other option",
+                field=f"policy.{others[0]}",
+            )
+        return _trained_cascade(options.path, ctx, "policy.path")
     _check_names(options.order, ctx, "policy.order")
     predictor = None
     if options.predictor is not None:
@@ -304,6 +337,8 @@ def _cascade_aggregator(options: CascadeAggregatorOptions, ctx: BuildContext) ->
     from expertgraph.policies.aggregation.cascade import CascadeAggregator
     from expertgraph.policies.routing.cascade import cascade_order
 
+    if options.path is not None:
+        return _trained_cascade(options.path, ctx, "aggregator.path").paired_aggregator
     _check_names(options.order, ctx, "aggregator.order")
     order = options.order
     if order is None and ctx.experts:

@@ -76,6 +76,10 @@ class Reply:
     completion_tokens: int | None = None
     tool_calls: list[ScriptedCall] | None = None
     """Calls the answer makes (``finish_reason`` should then be ``"tool_calls"``)."""
+    stall_after_chunks: int | None = None
+    """Streamed: after this many chunks (0: right after the headers; the first chunk is the
+    role-only one) sleep ``stall_s`` before sending the rest."""
+    stall_s: float = 0.0
 
 
 @dataclass
@@ -87,6 +91,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float
+    sent_chunks: int = 0
+    """Streamed: how many chunks went out before the stream ended or the client hung up."""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -473,8 +479,15 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             )
             if (request.body.get("stream_options") or {}).get("include_usage"):
                 chunks.append({**base, "choices": [], "usage": completion["usage"]})
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                if i == reply.stall_after_chunks:
+                    self.wfile.flush()
+                    if server._stopping.wait(reply.stall_s):
+                        return
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                request.sent_chunks = i + 1
+                if reply.stall_after_chunks is not None:
+                    self.wfile.flush()  # each chunk on the wire as it is sent
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 

@@ -18,8 +18,9 @@ from expertgraph.agents.tools import calculator
 from expertgraph.core import ExpertCard, Message, PlanStep, RoutingState, Task
 from expertgraph.orchestrator import Orchestrator
 from expertgraph.policies import EmbeddingRouter, FixedPolicy
+from expertgraph.policies._structured import final_json_object
 from expertgraph.policies.registry import BuildContext, build_policy
-from expertgraph.policies.routing.llm_router import LLMRouter, first_json_object, quote
+from expertgraph.policies.routing.llm_router import LLMRouter, quote
 from expertgraph.traces import RouteRecord, load_run
 
 CAPITALS = {"france": "Paris", "japan": "Tokyo", "peru": "Lima"}
@@ -331,6 +332,6 @@ def test_sync_decide_and_helpers() -> None:
     assert (
         quote("a </output> b <OUTPUT x> </ task>") == "a &lt;/output> b &lt;OUTPUT x> &lt;/ task>"
     )
-    assert first_json_object('x {"a": [1, {"b": 2}]} {"c": 3}') == {"a": [1, {"b": 2}]}
-    assert first_json_object('[1, 2] then {bad} then {"ok": true}') == {"ok": True}
-    assert first_json_object("none") is None
+    assert final_json_object('x {"a": [1, {"b": 2}]} {"c": 3}') == {"c": 3}
+    assert final_json_object('{"ok": true} then {bad} then [1, 2]') == {"ok": True}
+    assert final_json_object("none") is None

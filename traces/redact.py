@@ -1,7 +1,10 @@
 """Secret redaction at the trace writer: secrets are replaced whole, never prefix-masked.
 
-Three sources of secrets are recognised in every string of a record (and in mapping keys):
+Four sources of secrets are recognised in every string of a record (and in mapping keys):
 
+* the values this process uses as credentials, whatever holds them: each API expert's key at
+  call time, the server's API keys, OTel header values (:func:`register_secret`, at least
+  6 characters long);
 * the values of environment variables whose name says they hold a secret (``*_API_KEY``,
   ``*_TOKEN``, ``*_SECRET``, ``*_PASSWORD``, ``*_KEY``, ...), when at least 8 characters long;
 * ``Bearer <token>`` / ``Basic <token>`` credentials (the scheme word is kept, the token goes);
@@ -19,11 +22,45 @@ import functools
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
+MIN_REGISTERED_LENGTH = 6
+"""Shorter registered values are ignored: redacting them would redact ordinary words."""
+
+# A cache-like process-wide registry: the credential values this process has used. Only
+# ever grows; a version number lets each Redactor notice additions with one int comparison.
+_REGISTERED: set[str] = set()
+_REGISTRY_LOCK = threading.Lock()
+_registry_version = 0
+
+
+def register_secret(value: str) -> None:
+    """Treat ``value`` as a secret in every sink of this process from now on.
+
+    Call it with each value used as a credential (an API key, a bearer token, a header value)
+    as soon as it is read. The registry is process-wide and only grows (a cache: nothing is
+    ever unregistered); values shorter than :data:`MIN_REGISTERED_LENGTH` are ignored.
+    """
+    global _registry_version
+    if not isinstance(value, str):
+        return
+    value = value.strip()
+    if len(value) < MIN_REGISTERED_LENGTH:
+        return
+    with _REGISTRY_LOCK:
+        if value not in _REGISTERED:
+            _REGISTERED.add(value)
+            _registry_version += 1
+
+
+def _registered() -> tuple[int, frozenset[str]]:
+    with _REGISTRY_LOCK:
+        return _registry_version, frozenset(_REGISTERED)
+
 
 _SECRET_ENV_NAME = re.compile(
     r"(?:^|_)(?:API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY)(?:_|$)"
@@ -114,8 +151,9 @@ def secret_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
 class Redactor:
     """Replaces secrets in strings and nested JSON-like data.
 
-    Environment values are read again on each :meth:`refresh` (the writer refreshes once per
-    record), so a key exported after the writer was created is still caught.
+    Environment values and the registered secrets (:func:`register_secret`) are read again
+    on each :meth:`refresh` (the writer refreshes once per record), so a key exported or
+    registered after the writer was created is still caught.
     """
 
     def __init__(
@@ -125,30 +163,39 @@ class Redactor:
         self._extra = [s for s in (extra_secrets or []) if len(s) >= MIN_SECRET_LENGTH]
         self._values: list[str] = []
         self._json_values: list[str] = []
+        self._shortest = MIN_SECRET_LENGTH
         self._seen_env: dict[bytes, bytes] | None = None
+        self._seen_registry = -1
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the secret values of the environment (a no-op while it is unchanged)."""
+        """Re-read the secret values of the environment and the registry (a no-op while
+        neither changed)."""
+        version = _registry_version  # an int read: no lock needed to see a change
         if self._environ is None:
             # The writer refreshes before every record; comparing the process environment
             # with the copy seen last time is one C-level dict comparison, far cheaper than
             # re-scanning every variable name.
             current = getattr(os.environ, "_data", None)
-            if current is not None and current == self._seen_env:
+            if current is not None and current == self._seen_env and version == self._seen_registry:
                 return
             self._seen_env = dict(current) if current is not None else None
+        version, registered = _registered()
+        self._seen_registry = version
         env = os.environ if self._environ is None else self._environ
         values = {env[n] for n in secret_env_names(env) if len(env[n].strip()) >= MIN_SECRET_LENGTH}
         values.update(self._extra)
+        values.update(registered)
         # Longest first, so a secret that contains another is removed whole.
         self._values = sorted(values, key=len, reverse=True)
+        self._shortest = min((len(v) for v in self._values), default=MIN_SECRET_LENGTH)
+        self._shortest = min(self._shortest, MIN_SECRET_LENGTH)
         # As they appear inside JSON strings (quotes, backslashes and controls escaped).
         self._json_values = [json.dumps(v, ensure_ascii=False)[1:-1] for v in self._values]
 
     def text(self, value: str) -> str:
         """The string with every secret replaced by ``[REDACTED]``."""
-        if len(value) < MIN_SECRET_LENGTH:
+        if len(value) < self._shortest:
             return value
         for secret in self._values:
             if secret in value:
@@ -192,6 +239,30 @@ class Redactor:
         if isinstance(value, list):
             return [self.data(v) for v in value]
         return value
+
+
+# A cache: the one redactor of the sinks outside the trace writer (replies, CLI output, error
+# messages); it refreshes itself from the environment and the registry on each use.
+_SHARED: Redactor | None = None
+
+
+def _shared() -> Redactor:
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = Redactor()
+    _SHARED.refresh()
+    return _SHARED
+
+
+def redact_text(value: str) -> str:
+    """``value`` with every secret this process knows replaced by ``[REDACTED]``: for text
+    that leaves the process other than through a trace (a reply, CLI output, a log line)."""
+    return _shared().text(value)
+
+
+def redact_data(value: Any) -> Any:
+    """:func:`redact_text` for a JSON-like structure (credential-named members go whole)."""
+    return _shared().data(value)
 
 
 def _redact_member(match: re.Match[str]) -> str:

@@ -25,6 +25,7 @@ from expertgraph.core.types import (
     candidate_key,
 )
 from expertgraph.orchestrator.integrations.openai_schema import ChatMessage
+from expertgraph.traces.redact import redact_text
 
 # ---- request -> task -----------------------------------------------------------------------
 
@@ -289,9 +290,10 @@ class ChatReply:
 
 def chat_reply(model_id: str, result: RunResult) -> ChatReply:
     """The reply for a run served as ``model_id``; no answer raises :class:`NoAnswerError`."""
+    # A reply leaves the process: credentials it repeats are redacted like every other sink.
     if result.tool_calls:
         return ChatReply(
-            text=result.answer or "",
+            text=redact_text(result.answer or ""),
             finish_reason="tool_calls",
             model=reply_model(model_id, result),
             experts=answer_experts(result),
@@ -300,7 +302,9 @@ def chat_reply(model_id: str, result: RunResult) -> ChatReply:
         )
     if result.answer is None:
         raise NoAnswerError(result)
-    text, stopped = truncate_at_stop(result.answer, stop_list(result.task.params.get("stop")))
+    text, stopped = truncate_at_stop(
+        redact_text(result.answer), stop_list(result.task.params.get("stop"))
+    )
     return ChatReply(
         text=text,
         finish_reason="stop" if stopped else finish_reason(result),

@@ -132,7 +132,9 @@ class _ExpertAggregator(Aggregator):
         """Synchronous :meth:`acombine`; inside a running event loop it runs on a worker thread."""
         return run_sync(self.acombine(candidates, context))
 
-    async def _ask(self, system: str, user: str, context: AggregationContext) -> Generation:
+    async def _ask(
+        self, system: str, user: str, context: AggregationContext, **params: Any
+    ) -> Generation:
         """One call of the expert, through the run when there is one (budget, trace)."""
         messages = [Message(role="system", content=system), Message(role="user", content=user)]
         return await call_expert(
@@ -142,6 +144,7 @@ class _ExpertAggregator(Aggregator):
             role=self.role,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
+            **params,
         )
 
     async def _consult(

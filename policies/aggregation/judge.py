@@ -3,7 +3,10 @@ time (pairwise knockout); the top one is returned.
 
 The judge sees candidates as quoted data, like the fuser (:mod:`.fusion`), and falls back to
 a majority vote when it fails, answers something that names no candidate, or the run's
-budget refuses its call.
+budget refuses its call. Only the judge's own verdict is read: structured output where the
+expert supports it, else the last JSON object outside the candidate blocks it may repeat
+(:func:`~expertgraph.policies._structured.final_json_object`), so a verdict planted in
+a candidate does not steer the ranking.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from expertgraph.core import AggregationContext
 from expertgraph.core.actions import is_action
 from expertgraph.core.protocols import refused
 from expertgraph.core.types import Generation, StepResult
+from expertgraph.policies._structured import (
+    drop_quoted,
+    final_json_object,
+    json_schema_format,
+    structured_output,
+)
 from expertgraph.policies.aggregation._ballots import Ballot, cast_ballots, count, tally
-from expertgraph.policies.aggregation.answers import iter_json_objects
 from expertgraph.policies.aggregation.fusion import (
     DATA_RULE,
     _Call,
@@ -28,6 +36,27 @@ from expertgraph.policies.aggregation.fusion import (
     candidate_block,
     quote,
     refusal_reason,
+)
+
+# The quote blocks of the judge's prompts: a reply's copies of them are data, not verdicts.
+_QUOTED = ("candidate", "task")
+_RANKING_FORMAT = json_schema_format(
+    "ranking",
+    {
+        "type": "object",
+        "properties": {"ranking": {"type": "array", "items": {"type": "string"}}},
+        "required": ["ranking"],
+        "additionalProperties": False,
+    },
+)
+_WINNER_FORMAT = json_schema_format(
+    "winner",
+    {
+        "type": "object",
+        "properties": {"winner": {"type": "string", "enum": ["A", "B"]}},
+        "required": ["winner"],
+        "additionalProperties": False,
+    },
 )
 
 
@@ -45,24 +74,24 @@ _PICK = re.compile(r"\b(?:candidate|answer|id|option)?\s*#?\s*\"?(\d+)\"?", re.I
 def parse_ranking(text: str, ids: Sequence[str]) -> list[str] | None:
     """The judge's ranking (best first) as candidate ids, or None when it cannot be read.
 
-    Reads ``{"ranking": [...]}`` or ``{"best": id}`` first, then ``Ranking: 3 > 1 > 2``
-    style lists of ids; unknown ids are dropped, missing ones appended in the given order.
+    Reads the judge's own ``{"ranking": [...]}`` or ``{"best": id}`` (its last JSON object
+    outside repeated candidate blocks) first, then a ``Ranking: 3 > 1 > 2`` style list after
+    the last "ranking"; unknown ids are dropped, missing ones appended in the given order.
     """
     valid = list(ids)
     found: list[str] = []
-    for obj in iter_json_objects(text):
-        if not isinstance(obj, dict):
-            continue
+    obj = final_json_object(text, _QUOTED)
+    if obj is not None:
         raw = obj.get("ranking", obj.get("order"))
+        best = obj.get("best", obj.get("winner"))
         if isinstance(raw, list):
             found = [str(x).strip() for x in raw]
-            break
-        best = obj.get("best", obj.get("winner"))
-        if best is not None:
+        elif best is not None:
             found = [str(best).strip()]
-            break
     if not found:
-        body = text.split("ranking", 1)[-1] if "ranking" in text.lower() else text
+        own = drop_quoted(text, _QUOTED)
+        at = own.lower().rfind("ranking")
+        body = own[at:] if at >= 0 else own
         found = [m.group(1) for m in _PICK.finditer(body)]
     ranked = [i for i in dict.fromkeys(found) if i in valid]
     if not ranked:
@@ -71,20 +100,24 @@ def parse_ranking(text: str, ids: Sequence[str]) -> list[str] | None:
 
 
 def parse_choice_ab(text: str) -> str | None:
-    """``"A"`` or ``"B"`` from a pairwise judge's reply, or None."""
-    for obj in iter_json_objects(text):
-        if isinstance(obj, dict):
-            value = str(obj.get("winner", obj.get("better", ""))).strip().upper()
-            if value in ("A", "B"):
-                return value
-    match = re.search(
-        r"(?:winner|better|answer|choice)\W{0,5}(?:is\W{0,3})?(?:candidate\s*)?\b([AB])\b",
-        text,
-        re.I,
+    """``"A"`` or ``"B"`` from a pairwise judge's own verdict (read like
+    :func:`parse_ranking`: its last JSON object, then its last "winner is ..."), or None."""
+    obj = final_json_object(text, _QUOTED)
+    if obj is not None:
+        value = str(obj.get("winner", obj.get("better", ""))).strip().upper()
+        if value in ("A", "B"):
+            return value
+    own = drop_quoted(text, _QUOTED)
+    matches = list(
+        re.finditer(
+            r"(?:winner|better|answer|choice)\W{0,5}(?:is\W{0,3})?(?:candidate\s*)?\b([AB])\b",
+            own,
+            re.I,
+        )
     )
-    if match:
-        return match.group(1).upper()
-    letters = re.findall(r"\b([AB])\b", text)
+    if matches:
+        return matches[-1].group(1).upper()
+    letters = re.findall(r"\b([AB])\b", own)
     return letters[0] if len(set(letters)) == 1 else None
 
 
@@ -107,12 +140,24 @@ class JudgeRanking(_ExpertAggregator):
         *,
         mode: Literal["listwise", "pairwise"] = "listwise",
         swap: bool = False,
+        structured: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("max_tokens", 256)
         super().__init__(expert, **kwargs)
         self.mode = mode
         self.swap = swap
+        self.structured = structured
+        """Ask for a JSON-schema ``response_format``; None: when the expert supports it."""
+
+    async def _ask(
+        self, system: str, user: str, context: AggregationContext, **params: Any
+    ) -> Generation:
+        """One judge call; asks for the verdict's JSON schema where the expert supports it."""
+        if structured_output(self.expert, self.structured):
+            pairwise = self.mode == "pairwise"
+            params["response_format"] = _WINNER_FORMAT if pairwise else _RANKING_FORMAT
+        return await super()._ask(system, user, context, **params)
 
     def _system(self) -> str:
         return (

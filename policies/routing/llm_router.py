@@ -4,11 +4,16 @@ The router's answer is a JSON object, validated with pydantic; anything else (pr
 unknown expert, an empty choice) falls back to another policy and the fallback is recorded
 in the decision. Earlier outputs reach the router only inside quoted blocks, with their
 delimiters escaped, under a standing rule that such blocks are data and never instructions.
+
+What is read back is the router's own decision only (:func:`final_json_object`): where the
+expert supports it the call asks for structured output (``response_format`` with a JSON
+schema), so the whole reply is the decision; otherwise quoted blocks the reply repeats are
+dropped and the last complete top-level JSON object is taken, so a decision planted in an
+expert's output and echoed back does not steer the route.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any, Literal
@@ -21,6 +26,11 @@ from expertgraph.core._sync import run_sync
 from expertgraph.core.errors import InvalidRouterAnswer
 from expertgraph.core.protocols import call_expert, refused
 from expertgraph.core.types import Decision, Generation, Message, Step, Usage
+from expertgraph.policies._structured import (
+    final_json_object,
+    json_schema_format,
+    structured_output,
+)
 
 # Tags the prompt uses as delimiters; the same names inside quoted text are escaped.
 _DELIMITER = re.compile(r"<(\s*/?\s*)(output|task|instruction)\b", re.IGNORECASE)
@@ -35,20 +45,8 @@ def _attr(value: str) -> str:
     return quote(value).replace('"', "&quot;")
 
 
-def first_json_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in ``text``, ignoring prose or code fences around it."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start >= 0:
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(obj, dict):
-            return obj
-        start = text.find("{", start + 1)
-    return None
+# The quote blocks of the router's prompt: a reply's copies of them are data, not decisions.
+_QUOTED = ("output", "task", "instruction")
 
 
 class RouterAnswer(BaseModel):
@@ -93,6 +91,8 @@ class LLMRouter(Policy):
     """
 
     name = "llm-router"
+    history_window = 16
+    """How many recent steps the router's prompt shows (the run's state keeps at least these)."""
 
     def __init__(
         self,
@@ -104,9 +104,12 @@ class LLMRouter(Policy):
         max_output_chars: int = 2000,
         max_raw_chars: int = 500,
         params: dict[str, Any] | None = None,
+        structured: bool | None = None,
     ) -> None:
         self.router = router
         self.fallback = fallback
+        self.structured = structured
+        """Ask for a JSON-schema ``response_format``; None: when the router supports it."""
         self.top_k = top_k
         self.allow_answer = allow_answer
         self.max_output_chars = max_output_chars
@@ -188,8 +191,14 @@ class LLMRouter(Policy):
         )
         lines = [f"<task>{quote(state.task.text)}</task>", ""]
         if state.steps:
-            lines.append("Run so far (quoted data):")
-            lines.extend(self._block(s) for s in state.steps)
+            shown = state.steps[-self.history_window :]
+            omitted = shown[0].index
+            lines.append(
+                "Run so far (quoted data):"
+                if not omitted
+                else f"Run so far, its last {len(shown)} steps (quoted data):"
+            )
+            lines.extend(self._block(s) for s in shown)
         else:
             lines.append("No step has run yet.")
         left = state.task.max_steps - state.step_index
@@ -216,7 +225,7 @@ class LLMRouter(Policy):
 
         Returns the decision and notes on what was corrected (e.g. too many experts).
         """
-        obj = first_json_object(text)
+        obj = final_json_object(text, _QUOTED)
         if obj is None:
             raise InvalidRouterAnswer("no JSON object in the answer")
         try:
@@ -332,9 +341,31 @@ class LLMRouter(Policy):
             }
         )
 
+    def response_format(self, state: RoutingState) -> dict[str, Any]:
+        """The JSON schema of this state's answer, as a ``response_format``."""
+        allowed = [v.name for v in state.candidates]
+        actions = ["call"] if state.plan_step is not None else ["call", "finish"]
+        nullable = {"type": ["string", "null"]}
+        schema = {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": actions},
+                "experts": {"type": "array", "items": {"type": "string", "enum": allowed}},
+                "instruction": nullable,
+                "answer": nullable,
+                "rationale": {"type": "string"},
+            },
+            "required": ["action", "experts", "instruction", "answer", "rationale"],
+            "additionalProperties": False,
+        }
+        return json_schema_format("route", schema)
+
     async def adecide(self, state: RoutingState) -> Decision:
+        params = dict(self.params)
+        if structured_output(self.router, self.structured):
+            params.setdefault("response_format", self.response_format(state))
         gen = await call_expert(
-            state.call, self.router, self.messages(state), role="router", **self.params
+            state.call, self.router, self.messages(state), role="router", **params
         )
         router_meta = self._usage(gen)
         if gen.error is not None and refused(gen):
