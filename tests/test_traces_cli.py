@@ -30,6 +30,7 @@ from expertgraph.policies.routing.fixed import AllExperts, FixedPolicy
 from expertgraph.traces.analysis import summarize
 from expertgraph.traces.index import TraceIndex
 from expertgraph.traces.labels import LabelStore
+from expertgraph.traces.otel import request_to_otlp
 from expertgraph.traces.schema import CallRecord, RouteRecord
 from expertgraph.traces.store import TraceStore, load_run
 
@@ -455,7 +456,8 @@ def test_live_otel_exporter_posts_each_finished_run(tmp_path: Path) -> None:
         server.server_close()
     assert [r[0] for r in _Collector.received] == ["/v1/traces"] * 3
     assert _Collector.received[0][1].get("x-team") == "routing"
-    live = [json.loads(r[2]) for r in _Collector.received]
+    # The exporter is OpenTelemetry's own: OTLP/HTTP protobuf bodies, read back as OTLP/JSON.
+    live = [request_to_otlp(r[2]) for r in _Collector.received]
     assert _spans(live[0]) == _spans(live[2])  # same run, same spans (ids derive from the run)
     store = TraceStore(tmp_path)
     # Run 1's flaky fails step 0 and is routed around at step 1: one call fewer.

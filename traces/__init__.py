@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         RunStart,
         StepEnd,
         ToolRecord,
+        TraceDetail,
         TraceRecord,
     )
     from expertgraph.traces.store import (
@@ -72,6 +73,7 @@ _EXPORTS = {
     "StepAttribution": "expertgraph.traces.attribution",
     "StepEnd": "expertgraph.traces.schema",
     "TRACE_VERSION": "expertgraph.traces.schema",
+    "TraceDetail": "expertgraph.traces.schema",
     "TraceIndex": "expertgraph.traces.index",
     "TraceRecord": "expertgraph.traces.schema",
     "TraceStore": "expertgraph.traces.store",
@@ -120,6 +122,7 @@ __all__ = [
     "StepAttribution",
     "StepEnd",
     "TRACE_VERSION",
+    "TraceDetail",
     "TraceIndex",
     "TraceRecord",
     "TraceStore",

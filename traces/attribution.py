@@ -29,8 +29,8 @@ from expertgraph.core.actions import action_ballot, parse_action
 from expertgraph.core.errors import TraceError
 from expertgraph.core.protocols import Aggregator
 from expertgraph.core.state import AggregationContext, step_answer_format
-from expertgraph.core.types import Generation
-from expertgraph.traces.labels import Label, LabelStore, Reference, step_references
+from expertgraph.core.types import Generation, Step, Task
+from expertgraph.traces.labels import Label, LabelStore, Reference, step_reference
 from expertgraph.traces.store import RunTrace
 
 EXACT_MAX_PLAYERS = 10
@@ -41,27 +41,29 @@ AggregatorFactory = Callable[[str], Aggregator]
 """Aggregator name (as recorded in ``StepResult.aggregator``) -> a live aggregator."""
 
 
-def step_contexts(trace: RunTrace) -> dict[int, AggregationContext]:
-    """The aggregation context of each recorded step, rebuilt from the trace.
+def step_context(task: Task, step: Step) -> AggregationContext:
+    """The aggregation context of one recorded step, rebuilt from the trace.
 
     ``calls_left`` is 0: a replayed aggregator gets no more samples, so it decides with what
     was recorded.
     """
+    scores = dict(step.decision.scores)
+    rounds = len(step.result.meta.get("requests", [])) if step.result else 0
+    return AggregationContext(
+        task=task,
+        step=step.index,
+        instruction=step.instruction,
+        answer_format=step_answer_format(task, step.index),
+        scores=scores,
+        order=sorted(scores, key=lambda n: scores[n], reverse=True),
+        round=rounds,
+    )
+
+
+def step_contexts(trace: RunTrace) -> dict[int, AggregationContext]:
+    """The aggregation context of each recorded step (see :func:`step_context`)."""
     task = trace.start.task
-    out: dict[int, AggregationContext] = {}
-    for step in trace.steps():
-        scores = dict(step.decision.scores)
-        rounds = len(step.result.meta.get("requests", [])) if step.result else 0
-        out[step.index] = AggregationContext(
-            task=task,
-            step=step.index,
-            instruction=step.instruction,
-            answer_format=step_answer_format(task, step.index),
-            scores=scores,
-            order=sorted(scores, key=lambda n: scores[n], reverse=True),
-            round=rounds,
-        )
-    return out
+    return {step.index: step_context(task, step) for step in trace.iter_steps()}
 
 
 class StepGame:
@@ -198,30 +200,40 @@ class StepAttribution:
 class RunAttribution:
     run_id: str
     steps: list[StepAttribution]
+    """The attributed steps (empty when :func:`attribute_run` was asked not to keep them)."""
     skipped: dict[int, str] = field(default_factory=dict)
     """Steps that could not be attributed, with the reason."""
+    attributed: int = 0
+    """How many steps were attributed (kept or not)."""
+    _shapley: dict[str, float] = field(default_factory=dict, repr=False)
+    _loo: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def add(self, step: StepAttribution, *, keep: bool = True) -> None:
+        """Count one step's values into the run's (and keep the step, unless told not to)."""
+        for total, values in (
+            (self._shapley, step.result.shapley),
+            (self._loo, step.result.leave_one_out),
+        ):
+            for name, value in values.items():
+                total[name] = total.get(name, 0.0) + value
+        self.attributed += 1
+        if keep:
+            self.steps.append(step)
 
     @property
     def run_shapley(self) -> dict[str, float]:
         """Sum of the step values per expert (the run game is the sum of the step games)."""
-        total: dict[str, float] = {}
-        for step in self.steps:
-            for name, value in step.result.shapley.items():
-                total[name] = total.get(name, 0.0) + value
-        return total
+        return dict(self._shapley)
 
     @property
     def run_leave_one_out(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for step in self.steps:
-            for name, value in step.result.leave_one_out.items():
-                total[name] = total.get(name, 0.0) + value
-        return total
+        return dict(self._loo)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "steps": [s.to_json() for s in self.steps],
+            "attributed": self.attributed,
             "run": {"shapley": self.run_shapley, "leave_one_out": self.run_leave_one_out},
             "skipped": {str(k): v for k, v in self.skipped.items()},
         }
@@ -253,22 +265,27 @@ def attribute_run(
     exact_max: int = EXACT_MAX_PLAYERS,
     permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
+    keep_steps: bool = True,
 ) -> RunAttribution:
     """Shapley values and leave-one-out of every step of a run, and of the run.
 
-    ``aggregator_factory`` builds the step's aggregator from the name the trace recorded.
+    ``aggregator_factory`` builds the step's aggregator from the name the trace recorded. The
+    trace is streamed a step at a time and the run's values are summed as steps are
+    attributed, so with ``keep_steps=False`` (only the run's values, for a very long run)
+    memory does not grow with the run.
     """
     if not trace.capture.content:
         raise TraceError(
             f"run {trace.run_id!r} was traced without content capture: the candidates' texts "
             "are not in the trace, so the aggregator cannot be replayed"
         )
-    refs = step_references(trace, labels)
-    contexts = step_contexts(trace)
+    labels = labels or {}
+    final = trace.final_step() if None in labels else None
+    task = trace.start.task
     aggregators: dict[str, Aggregator | None] = {}
     failures: dict[str, str] = {}
     out = RunAttribution(run_id=trace.run_id, steps=[])
-    for step in trace.steps():
+    for step in trace.iter_steps():
         if step.result is None:
             out.skipped[step.index] = "no aggregate record (the run stopped inside the step)"
             continue
@@ -288,8 +305,8 @@ def attribute_run(
                 f"aggregator {name!r} cannot be rebuilt for replay ({failures[name]})"
             )
             continue
-        context = contexts[step.index]
-        ref = refs[step.index]
+        context = step_context(task, step)
+        ref = step_reference(step, labels, final)
         expected_norm = (
             normalise_expected(ref.expected, aggregator, context)
             if ref.expected is not None
@@ -299,7 +316,7 @@ def attribute_run(
         result = shapley_values(
             game.players, game.value, exact_max=exact_max, permutations=permutations, seed=seed
         )
-        out.steps.append(
+        out.add(
             StepAttribution(
                 step=step.index,
                 aggregator=name,
@@ -308,7 +325,8 @@ def attribute_run(
                 result=result,
                 evaluations=game.evaluations,
                 unknown=game.unknown,
-            )
+            ),
+            keep=keep_steps,
         )
     return out
 

@@ -31,7 +31,7 @@ from expertgraph.core.types import Generation, RoutingExample, candidate_key
 from expertgraph.traces.attribution import (
     AggregatorFactory,
     normalise_expected,
-    step_contexts,
+    step_context,
 )
 from expertgraph.traces.labels import LabelStore, Reference, step_references
 from expertgraph.traces.store import RunTrace
@@ -71,9 +71,9 @@ def run_examples(
         stats.skipped["content not captured"] += 1
         return []
     task_label = start.task.metadata.get("task")
-    contexts = step_contexts(trace) if aggregator_factory else {}
+    task = start.task
     examples = []
-    for step in trace.steps():
+    for step in trace.iter_steps():
         ref = references.get(step.index)
         if step.result is None or not step.generations or ref is None:
             stats.skipped["no recorded candidates or result"] += 1
@@ -85,7 +85,7 @@ def run_examples(
         if ref.expected is not None:
             if aggregator_factory is not None:
                 try:
-                    context = contexts[step.index]
+                    context = step_context(task, step)
                     expected_norm = normalise_expected(
                         ref.expected, aggregator_factory(step.result.aggregator), context
                     )

@@ -3,21 +3,28 @@
 The JSONL files stay the record; ``<dir>/index.sqlite`` is derived from them. The store
 indexes each run as it ends; :meth:`TraceIndex.sync` catches up with files that changed
 since (found by size and mtime, so only those are read), and :meth:`TraceIndex.rebuild`
-recreates it from scratch. SQLite is the stdlib's, safe for several writing processes (WAL
-journal, busy timeout), and needs no server or extra dependency.
+recreates it from scratch. SQLite is the stdlib's and needs no server or extra dependency.
+
+Several processes may write one index at once (``serve --workers``, batch workers): the
+journal is WAL (readers never block the writer), each write is one ``BEGIN IMMEDIATE``
+transaction that waits for the lock (busy timeout) and is retried whole if SQLite still
+reports the database busy, and setting the index up is itself one transaction, so a process
+opening a new index never drops what another one just wrote.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from expertgraph.core.types import candidate_key
-from expertgraph.traces.schema import RunEnd
+from expertgraph.core.types import Decision, Step, Usage, candidate_key
+from expertgraph.traces.schema import CallRecord, RouteRecord, RunEnd, TraceRecord
 from expertgraph.traces.store import (
     DEFAULT_TRACE_DIR,
     LABELS_SUFFIX,
@@ -66,10 +73,39 @@ CREATE INDEX IF NOT EXISTS decisions_policy ON decisions (policy);
 """
 _RUN_TABLES = ("runs", "decisions", "steps", "calls")
 _ALL_TABLES = ("meta", "files", *_RUN_TABLES, "labels")
+_BUSY_TIMEOUT_S = 60.0
+_RETRIES = 5
+_T = TypeVar("_T")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def _retrying(work: Callable[[], _T]) -> _T:
+    """``work()``, again after a short random pause while SQLite reports the database busy.
+
+    The busy timeout covers waiting for another writer's lock; this covers the cases where
+    SQLite gives up without waiting (a deferred transaction that could not upgrade, WAL
+    set-up racing another opener).
+    """
+    for attempt in range(_RETRIES):
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or attempt == _RETRIES - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _drop_if_outdated(conn: sqlite3.Connection) -> None:
-    """An index of another version is dropped: the next sync rebuilds it from the files."""
+    """An index of another version is dropped: the next sync rebuilds it from the files.
+
+    Called inside the set-up transaction, so "meta without a version" is never another
+    process's set-up half done.
+    """
     has_meta = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
     ).fetchone()
@@ -96,20 +132,14 @@ class TraceIndex:
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection with the schema in place; commits on success."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=60.0)
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
         try:
-            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
             # The JSONL files are the record and the index is rebuilt from them, so commits
             # need not wait for the disk: WAL with synchronous=NORMAL stays consistent.
             conn.execute("PRAGMA synchronous=NORMAL")
             if not self._ready:
-                conn.execute("PRAGMA journal_mode=WAL")
-                _drop_if_outdated(conn)
-                conn.executescript(_SCHEMA)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(INDEX_VERSION),)
-                )
-                conn.commit()
+                _retrying(lambda: self._set_up(conn))
                 self._ready = True
             yield conn
             conn.commit()
@@ -118,6 +148,31 @@ class TraceIndex:
             raise
         finally:
             conn.close()
+
+    @staticmethod
+    def _set_up(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")  # persistent: the first opener switches it
+        conn.execute("BEGIN IMMEDIATE")  # one opener at a time checks and creates the schema
+        try:
+            _drop_if_outdated(conn)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(INDEX_VERSION),))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(conn)`` in one ``BEGIN IMMEDIATE`` transaction, retried whole while busy."""
+
+        def attempt() -> _T:
+            with self.connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock now, waiting for it
+                return work(conn)
+
+        return _retrying(attempt)
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Run a read query against the index (rows support access by column name)."""
@@ -141,23 +196,20 @@ class TraceIndex:
         for path in map(Path, paths):
             stat = path.stat()
             trace = load_run(path)
-            loaded.append((path, stat, trace, _rows(trace)))
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            loaded.append((path, stat, trace, _prefetch(trace)))
+
+        def write(conn: sqlite3.Connection) -> None:
             for path, stat, trace, rows in loaded:
                 self._delete_run(conn, trace.run_id)
-                for table, table_rows in rows.items():
-                    for row in table_rows:
-                        cols = ", ".join(row)
-                        marks = ", ".join("?" for _ in row)
-                        conn.execute(
-                            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})",
-                            tuple(row.values()),
-                        )
+                # A long run is read again here, streamed (and again if SQLite was busy).
+                for table, batch in _rows(trace) if rows is None else rows:
+                    conn.executemany(_INSERT[table], batch)
                 conn.execute(
                     "INSERT OR REPLACE INTO files VALUES (?, 'trace', ?, ?, ?)",
                     (path.name, trace.run_id, stat.st_size, stat.st_mtime_ns),
                 )
+
+        self._write(write)
         return [trace.run_id for _, _, trace, _ in loaded]
 
     def index_labels(self, run_id: str) -> int:
@@ -167,8 +219,8 @@ class TraceIndex:
         store = LabelStore(self.directory)
         path = store.path_for(run_id)
         labels = store.load(run_id)
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM labels WHERE run_id = ?", (run_id,))
             for n, label in enumerate(labels):
                 conn.execute(
@@ -190,6 +242,8 @@ class TraceIndex:
                     "INSERT OR REPLACE INTO files VALUES (?, 'labels', ?, ?, ?)",
                     (path.name, run_id, stat.st_size, stat.st_mtime_ns),
                 )
+
+        self._write(write)
         return len(labels)
 
     @staticmethod
@@ -226,21 +280,27 @@ class TraceIndex:
             present.add(path.name)
             changed += 1
         gone = [(name, entry) for name, entry in known.items() if name not in present]
+
+        def forget(conn: sqlite3.Connection) -> None:
+            for name, (kind, run_id, _, _) in gone:
+                if kind == "labels":
+                    conn.execute("DELETE FROM labels WHERE run_id = ?", (run_id,))
+                else:
+                    self._delete_run(conn, run_id)
+                conn.execute("DELETE FROM files WHERE name = ?", (name,))
+
         if gone:
-            with self.connect() as conn:
-                for name, (kind, run_id, _, _) in gone:
-                    if kind == "labels":
-                        conn.execute("DELETE FROM labels WHERE run_id = ?", (run_id,))
-                    else:
-                        self._delete_run(conn, run_id)
-                    conn.execute("DELETE FROM files WHERE name = ?", (name,))
+            self._write(forget)
         return changed
 
     def rebuild(self) -> int:
         """Drop the index and recreate it from the JSONL files; returns files indexed."""
-        with self.connect() as conn:
+
+        def clear(conn: sqlite3.Connection) -> None:
             for table in (*_RUN_TABLES, "labels", "files"):
                 conn.execute(f"DELETE FROM {table}")
+
+        self._write(clear)
         return self.sync()
 
     # ---- reading -------------------------------------------------------------------------
@@ -258,103 +318,192 @@ class TraceIndex:
             return pd.read_sql_query(f"SELECT * FROM {table}", conn)
 
 
-def _rows(trace: RunTrace) -> dict[str, list[dict[str, Any]]]:
-    """The index rows of one run."""
-    start, end = trace.start, trace.end
-    steps = trace.steps()
-    call_decisions = {s.index: s.decision for s in steps}
-    winners = {s.index: set(s.result.winner) if s.result else set() for s in steps}
-    usage = end.usage if end else None
-    run = {
-        "run_id": trace.run_id,
-        "file": trace.path.name,
-        "started": start.ts,
-        "ended": end.ts if end else None,
-        "task_id": start.task.id,
-        "task": str(start.task.metadata.get("task"))
-        if start.task.metadata.get("task") is not None
-        else None,
-        "prompt": start.task.text,
-        "policy": start.policy,
-        "aggregator": start.aggregator,
-        "answer": end.answer if end else None,
-        "stop_reason": end.stop_reason if end else "incomplete: no run_end record",
-        "steps": len(steps),
-        "input_tokens": usage.input_tokens if usage else sum(s.usage.input_tokens for s in steps),
-        "output_tokens": usage.output_tokens
-        if usage
-        else sum(s.usage.output_tokens for s in steps),
-        "cost": usage.cost if usage else sum(s.usage.cost for s in steps),
-        "calls": usage.calls if usage else sum(s.usage.calls for s in steps),
-        "latency_s": end.latency_s if end else None,
-        "complete": int(isinstance(end, RunEnd)),
-        "content": int(start.capture.content),
-        "version": start.v,
-    }
-    decisions = [
-        {
-            "run_id": trace.run_id,
-            "seq": r.seq,
-            "step": r.step,
-            "policy": r.decision.policy,
-            "action": r.decision.action,
-            "mode": r.decision.mode,
-            "experts": json.dumps(r.decision.experts),
-            "scores": json.dumps(r.decision.scores),
-            "n_experts": len(r.decision.experts),
-            "rationale": r.decision.rationale,
-            "ts": r.ts,
-        }
-        for r in trace.decisions()
-    ]
-    step_rows = [
-        {
-            "run_id": trace.run_id,
-            "step": s.index,
-            "instruction": s.instruction,
-            "policy": s.decision.policy,
-            "aggregator": s.result.aggregator if s.result else None,
-            "answer": s.result.comparable if s.result else None,
-            "winner": json.dumps(s.result.winner if s.result else []),
-            "confidence": s.result.confidence if s.result else None,
-            "margin": s.result.margin if s.result else None,
-            "candidates": len(s.generations),
-            "input_tokens": s.usage.input_tokens,
-            "output_tokens": s.usage.output_tokens,
-            "cost": s.usage.cost,
-        }
-        for s in steps
-    ]
-    from expertgraph.traces.schema import CallRecord
+# Columns of each run table, in insert order.
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "runs": (
+        "run_id", "file", "started", "ended", "task_id", "task", "prompt", "policy",
+        "aggregator", "answer", "stop_reason", "steps", "input_tokens", "output_tokens", "cost",
+        "calls", "latency_s", "complete", "content", "version",
+    ),
+    "decisions": (
+        "run_id", "seq", "step", "policy", "action", "mode", "experts", "scores", "n_experts",
+        "rationale", "ts",
+    ),
+    "steps": (
+        "run_id", "step", "instruction", "policy", "aggregator", "answer", "winner",
+        "confidence", "margin", "candidates", "input_tokens", "output_tokens", "cost",
+    ),
+    "calls": (
+        "run_id", "seq", "step", "expert", "role", "sample", "ok", "error_type", "error",
+        "attempts", "input_tokens", "output_tokens", "cost", "latency_s", "model", "routed",
+        "router_score", "in_winner", "ts",
+    ),
+}  # fmt: skip
+_INSERT = {
+    table: f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES "
+    f"({', '.join('?' for _ in cols)})"
+    for table, cols in _COLUMNS.items()
+}
+# Rows of one table sent to SQLite at once: memory holds at most this many per table.
+_BATCH_ROWS = 2000
+# A run with at most this many rows is read before the write lock is taken (short runs hold
+# the lock only for their inserts); a longer one is streamed inside the transaction.
+_PREFETCH_ROWS = 5000
 
-    calls = []
-    for r in trace.records:
-        if not isinstance(r, CallRecord):
-            continue
-        g = r.generation
-        candidate = r.role == "candidate"
-        decision = call_decisions.get(r.step) if candidate else None
-        calls.append(
-            {
-                "run_id": trace.run_id,
-                "seq": r.seq,
-                "step": r.step,
-                "expert": g.expert,
-                "role": r.role,
-                "sample": g.sample,
-                "ok": int(g.ok),
-                "error_type": g.error.type if g.error else None,
-                "error": g.error.message if g.error else None,
-                "attempts": g.attempts,
-                "input_tokens": g.input_tokens,
-                "output_tokens": g.output_tokens,
-                "cost": g.cost,
-                "latency_s": g.latency_s,
-                "model": g.model,
-                "routed": int(decision is not None and g.expert in decision.experts),
-                "router_score": decision.scores.get(g.expert) if decision else None,
-                "in_winner": int(candidate and candidate_key(g) in winners.get(r.step, set())),
-                "ts": r.ts,
-            }
-        )
-    return {"runs": [run], "decisions": decisions, "steps": step_rows, "calls": calls}
+_Rows = Iterator[tuple[str, list[tuple[Any, ...]]]]
+
+
+def _call_row(
+    run_id: str, record: CallRecord, decision: Decision | None, winners: set[str]
+) -> tuple[Any, ...]:
+    g = record.generation
+    candidate = record.role == "candidate"
+    return (
+        run_id,
+        record.seq,
+        record.step,
+        g.expert,
+        record.role,
+        g.sample,
+        int(g.ok),
+        g.error.type if g.error else None,
+        g.error.message if g.error else None,
+        g.attempts,
+        g.input_tokens,
+        g.output_tokens,
+        g.cost,
+        g.latency_s,
+        g.model,
+        int(decision is not None and g.expert in decision.experts),
+        decision.scores.get(g.expert) if decision else None,
+        int(candidate and candidate_key(g) in winners),
+        record.ts,
+    )
+
+
+def _step_row(run_id: str, s: Step) -> tuple[Any, ...]:
+    return (
+        run_id,
+        s.index,
+        s.instruction,
+        s.decision.policy,
+        s.result.aggregator if s.result else None,
+        s.result.comparable if s.result else None,
+        json.dumps(s.result.winner if s.result else []),
+        s.result.confidence if s.result else None,
+        s.result.margin if s.result else None,
+        len(s.generations),
+        s.usage.input_tokens,
+        s.usage.output_tokens,
+        s.usage.cost,
+    )
+
+
+def _decision_row(run_id: str, r: RouteRecord) -> tuple[Any, ...]:
+    d = r.decision
+    return (
+        run_id,
+        r.seq,
+        r.step,
+        d.policy,
+        d.action,
+        d.mode,
+        json.dumps(d.experts),
+        json.dumps(d.scores),
+        len(d.experts),
+        d.rationale,
+        r.ts,
+    )
+
+
+def _prefetch(trace: RunTrace) -> list[tuple[str, list[tuple[Any, ...]]]] | None:
+    """A short run's rows, read now; None for a run of more than ``_PREFETCH_ROWS`` rows."""
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    count = 0
+    for table, batch in _rows(trace):
+        count += len(batch)
+        if count > _PREFETCH_ROWS:
+            return None
+        out.append((table, batch))
+    return out
+
+
+def _rows(trace: RunTrace) -> _Rows:
+    """The index rows of one run, as ``(table, batch of rows)``, in one pass over the file.
+
+    Memory holds a batch per table and the candidate calls of the steps in flight (a call's
+    row needs its step's route and vote), never the run.
+    """
+    run_id = trace.run_id
+    batches: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _COLUMNS}
+    ready: list[tuple[str, list[tuple[Any, ...]]]] = []  # full batches, yielded next
+    held: dict[int, list[CallRecord]] = {}  # candidate calls waiting for their step
+    end: list[RunEnd] = []
+    totals = Usage()
+    steps = 0
+
+    def add(table: str, row: tuple[Any, ...]) -> None:
+        batches[table].append(row)
+        if len(batches[table]) >= _BATCH_ROWS:
+            ready.append((table, batches[table]))
+            batches[table] = []
+
+    def on_record(record: TraceRecord) -> None:
+        if isinstance(record, RouteRecord):
+            add("decisions", _decision_row(run_id, record))
+        elif isinstance(record, CallRecord) and record.role == "candidate":
+            held.setdefault(record.step, []).append(record)
+        elif isinstance(record, CallRecord):
+            add("calls", _call_row(run_id, record, None, set()))
+        elif isinstance(record, RunEnd):
+            end.append(record)
+
+    def release(index: int, decision: Decision | None, winners: set[str]) -> None:
+        for record in held.pop(index, []):
+            add("calls", _call_row(run_id, record, decision, winners))
+
+    for step in trace.iter_steps(on_record):
+        steps += 1
+        totals += step.usage
+        # Candidate calls of earlier steps that were no step (no call route) have no route.
+        for index in [i for i in held if i < step.index]:
+            release(index, None, set())
+        release(step.index, step.decision, set(step.result.winner) if step.result else set())
+        add("steps", _step_row(run_id, step))
+        yield from ready
+        ready.clear()
+    for index in list(held):
+        release(index, None, set())
+    yield from ready
+    yield from ((table, batch) for table, batch in batches.items() if batch)
+    start = trace.start
+    last = end[-1] if end else None
+    usage = last.usage if last else totals
+    task = start.task.metadata.get("task")
+    yield (
+        "runs",
+        [
+            (
+                run_id,
+                trace.path.name,
+                start.ts,
+                last.ts if last else None,
+                start.task.id,
+                str(task) if task is not None else None,
+                start.task.text,
+                start.policy,
+                start.aggregator,
+                last.answer if last else None,
+                last.stop_reason if last else "incomplete: no run_end record",
+                steps,
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cost,
+                usage.calls,
+                last.latency_s if last else None,
+                int(last is not None),
+                int(start.capture.content),
+                start.v,
+            )
+        ],
+    )

@@ -30,6 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from expertgraph.core.errors import TraceCorruptionError, TraceError
+from expertgraph.core.types import Step
 from expertgraph.traces.redact import Redactor
 from expertgraph.traces.store import (
     DEFAULT_TRACE_DIR,
@@ -202,19 +203,21 @@ def step_references(
 ) -> dict[int, Reference]:
     """The reference each step's answers are valued against (labels first, else agreement)."""
     labels = labels or {}
-    final = trace.final_step()
-    refs: dict[int, Reference] = {}
-    for step in trace.steps():
-        answer = step.result.comparable if step.result is not None else None
-        label = labels.get(step.index)
-        if label is None and step.index == final:
-            label = labels.get(None)
-        if label is None:
-            refs[step.index] = Reference("agreement", answer)
-        elif label.expected is not None:
-            refs[step.index] = Reference(
-                "label-expected", answer, label.score, label.expected, label
-            )
-        else:
-            refs[step.index] = Reference("label", answer, label.score, None, label)
-    return refs
+    final = trace.final_step() if None in labels else None
+    return {step.index: step_reference(step, labels, final) for step in trace.iter_steps()}
+
+
+def step_reference(
+    step: Step, labels: dict[int | None, Label], final: int | None = None
+) -> Reference:
+    """The reference one step's answers are valued against; ``final`` is the run's final
+    step (:meth:`RunTrace.final_step`), which a run label values."""
+    answer = step.result.comparable if step.result is not None else None
+    label = labels.get(step.index)
+    if label is None and step.index == final:
+        label = labels.get(None)
+    if label is None:
+        return Reference("agreement", answer)
+    if label.expected is not None:
+        return Reference("label-expected", answer, label.score, label.expected, label)
+    return Reference("label", answer, label.score, None, label)

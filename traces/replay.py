@@ -23,8 +23,8 @@ from typing import Any
 from expertgraph.core.protocols import Aggregator, Policy
 from expertgraph.core.state import ExpertHealth, ExpertView, RoutingState
 from expertgraph.core.types import Generation, Usage
-from expertgraph.traces.attribution import AggregatorFactory, normalise_expected, step_contexts
-from expertgraph.traces.labels import LabelStore, step_references
+from expertgraph.traces.attribution import AggregatorFactory, normalise_expected, step_context
+from expertgraph.traces.labels import LabelStore, step_reference
 from expertgraph.traces.schema import CallRecord
 from expertgraph.traces.store import RunTrace
 
@@ -100,7 +100,7 @@ def routing_states(trace: RunTrace) -> dict[int, RoutingState]:
     out: dict[int, RoutingState] = {}
     health: dict[str, ExpertHealth] = {e.name: ExpertHealth() for e in start.experts}
     calls_by_step: dict[int, list[CallRecord]] = {}
-    for record in trace.records:
+    for record in trace.iter_records():
         # Every role counts, as in the live run: a router that failed is a failing expert.
         if isinstance(record, CallRecord):
             calls_by_step.setdefault(record.step, []).append(record)
@@ -146,15 +146,19 @@ def replay_run(
     ``policy`` None keeps the recorded routing (to evaluate another ``aggregator`` alone);
     ``aggregator`` None replays each step's recorded aggregator.
     """
-    steps = trace.steps()
-    report.steps += len(steps)
     if not trace.capture.content:
-        report.not_evaluable["content not captured"] += len(steps)
+        count = sum(1 for _ in trace.iter_steps())
+        report.steps += count
+        report.not_evaluable["content not captured"] += count
         return
-    refs = step_references(trace, labels)
-    contexts = step_contexts(trace)
+    labels = labels or {}
+    final = trace.final_step() if None in labels else None
+    task = trace.start.task
+    # A policy reads the earlier steps, so replaying one holds the run's steps; replaying an
+    # aggregator alone streams the trace a step at a time.
     routes = routing_states(trace) if policy is not None else {}
-    for step in steps:
+    for step in trace.iter_steps():
+        report.steps += 1
         if step.result is None:
             report.not_evaluable["step has no aggregate record"] += 1
             continue
@@ -186,13 +190,13 @@ def replay_run(
                 f"aggregator {step.result.aggregator!r} cannot be rebuilt for replay"
             ] += 1
             continue
-        context = contexts[step.index]
+        context = step_context(task, step)
         try:
             answer = live.combine(candidates, context).comparable
         except Exception as exc:  # noqa: BLE001
             report.not_evaluable[f"aggregator failed: {type(exc).__name__}"] += 1
             continue
-        ref = refs[step.index]
+        ref = step_reference(step, labels, final)
         expected = None
         if ref.expected is not None:
             expected = normalise_expected(ref.expected, live, context)

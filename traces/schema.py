@@ -18,10 +18,38 @@ from expertgraph.core.types import (
     Usage,
 )
 
-TRACE_VERSION = 4
+TRACE_VERSION = 6
 """Version of the trace line format. 1: first release; 2: ``RunStart.capture`` added; 3:
-``CallRecord.role`` added; 4: ``ToolRecord`` and ``RunEnd.tool_calls`` added (files of older
-versions read unchanged). Readers refuse lines of a newer version."""
+``CallRecord.role`` added; 4: ``ToolRecord`` and ``RunEnd.tool_calls`` added; 5: a line may
+carry ``refs`` (a text stored once in an earlier record, see :data:`REFS`) and
+``Capture.detail``; 6: compact lines at decisions detail (see :data:`BASE`). Files of older
+versions read unchanged; readers refuse lines of a newer version."""
+
+REFS = "refs"
+"""The line member that names texts stored once elsewhere: ``{"result.text": "3/generation.text"}``
+says the field ``result.text`` of this record holds the ``generation.text`` of the record with
+``seq`` 3. A line refers only to records of its own step or the step before (the records
+since the last-but-one ``step_end``), so a reader resolves references in bounded memory;
+readers of this module resolve them, and a record read back is whole."""
+
+BASE = "base"
+"""At decisions detail every line but the run's first and last is compact: it leaves out
+``v`` and ``run_id`` (the ``run_start``'s), ``seq`` when it is the previous line's plus one
+(the first line of each write names it), and, with ``"base": N``, every member equal to that
+of record ``seq - N`` (its base: an earlier record of its kind, for calls of its role, in
+this step or the one before); the members of ``decision``, ``generation`` and ``result`` are
+compared one by one, and a member the base has and the record does not is written at its
+default. Readers of this module restore the record whole, in bounded memory (the window of
+:data:`REFS`)."""
+
+DT = "dt"
+"""A compact line's time: microseconds after its base's (``ts`` then kept to the
+microsecond)."""
+
+TraceDetail = Literal["full", "decisions"]
+"""What a trace keeps. ``full``: every record whole (each long text stored once, referred to
+elsewhere). ``decisions``: routes, votes and usage per step; a candidate call keeps the answer
+it voted for instead of its reply, and texts repeated within a step are stored once."""
 
 OMITTED = "[omitted]"
 """What stands in for a prompt or output when content capture is off."""
@@ -57,6 +85,8 @@ class Capture(BaseModel):
     """False: prompts and outputs were replaced by ``[omitted]`` before writing."""
     redacted: bool = True
     """True: secrets were replaced by ``[REDACTED]`` before writing."""
+    detail: TraceDetail = "full"
+    """``decisions``: candidate replies were replaced by the answers they voted for."""
 
 
 class RunStart(_Record):

@@ -6,22 +6,26 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 
 from expertgraph.core.errors import TraceCorruptionError, TraceError
-from expertgraph.core.types import RunResult, Step, StepResult, Usage
+from expertgraph.core.types import RunResult, Step, StepResult, Usage, candidate_key
 from expertgraph.traces.redact import Redactor
 from expertgraph.traces.schema import (
+    BASE,
+    DT,
     OMITTED,
+    REFS,
     TRACE_VERSION,
     AggregateRecord,
     CallRecord,
@@ -31,6 +35,7 @@ from expertgraph.traces.schema import (
     RunStart,
     StepEnd,
     ToolRecord,
+    TraceDetail,
     TraceRecord,
     record_adapter,
 )
@@ -161,16 +166,229 @@ def _omit_content(data: dict[str, Any]) -> None:
             _omit_arguments(data.get("tool_calls"))
 
 
-class TraceWriter:
-    """Appends records to one run's file.
+# Texts at least this long are stored once per step window and referred to elsewhere (a
+# reference costs about 30 bytes of JSON).
+_MIN_REF_CHARS = 32
+# A writer writes its buffer out when it holds this many bytes, even inside a step.
+_MAX_BUFFER_BYTES = 1 << 20
+# Fields of each record kind that may repeat a text of an earlier record of the step.
+_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "route": ("decision.instruction", "decision.answer"),
+    "call": ("instruction", "generation.text"),
+    "aggregate": ("result.text", "result.answer"),
+    "step_end": ("instruction", "answer"),
+    "run_end": ("answer",),
+}
+# Dicts whose keys may repeat such a text (a vote's answers): a key is referred to as
+# ``<path>[<position>]`` and written as the placeholder ``"\u0000<position>"``.
+_KEY_FIELDS: dict[str, tuple[str, ...]] = {"aggregate": ("result.votes", "result.supporters")}
+# Members every line of a compact (decisions detail) layout keeps: the rest may come from its
+# base. ``v`` and ``run_id`` are the run's (from its ``run_start``) and are left out.
+_LINE_KEYS = frozenset({"v", "run_id", "seq", "ts", "type", REFS, BASE, DT})
+# Sub-models a compact line lists member by member (only the members that changed).
+_MERGED: dict[str, tuple[str, ...]] = {
+    "route": ("decision",),
+    "call": ("generation",),
+    "aggregate": ("result",),
+}
+_MISSING = object()
+# Records after which the buffer is written out: the run's start, a step's end (its tool
+# results follow it) and the run's end. Records in between are the in-flight step.
+_FLUSH_AFTER = frozenset({"run_start", "step_end", "tool", "run_end"})
 
-    Each record is a single ``write`` of one full line on an ``O_APPEND`` descriptor, under a
-    thread lock and an advisory file lock, then flushed to the OS (``fsync`` when asked), so a
-    crash can tear at most the last line. Before every append, a torn last line left by a
-    crashed writer is moved to ``<file>.torn``, so new records are never glued to it.
+
+def _attr(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def _get(data: Any, path: str) -> Any:
+    for name in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(name)
+    return data
+
+
+def _own(data: dict[str, Any], path: str) -> None:
+    """Copy the dicts that hold ``path`` (see :func:`_put`), so that setting it changes
+    ``data`` only: a compact line shares its members with the record kept as a base."""
+    *parents, _ = path.partition("[")[0].split(".")
+    for name in parents:
+        data[name] = dict(data[name])
+        data = data[name]
+
+
+def _put(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set the field at ``path``, or for ``<path>[<position>]`` rename that key of the dict:
+    to ``value`` when it is the placeholder, else to the placeholder (``value`` unused)."""
+    table_path, bracket, position = path.partition("[")
+    *parents, last = table_path.split(".")
+    for name in parents:
+        data = data[name]
+    if not bracket:
+        data[last] = value
+        return
+    index = int(position.rstrip("]"))
+    placeholder = f"\x00{index}"
+    table = data[last]
+    keys = list(table)
+    old = keys[index] if index < len(keys) else None
+    new = value if old == placeholder else placeholder
+    data[last] = {(new if i == index else k): table[k] for i, k in enumerate(keys)}
+
+
+class _RefWindow:
+    """Texts of the current and the previous step, each where it was stored whole, and the
+    last record of each kind (a compact line's base, :data:`~expertgraph.traces.schema.BASE`).
+
+    The writer and :func:`iter_records` keep the same window (rotated at each ``step_end``),
+    so every reference a writer emits is one the reader still holds.
+    """
+
+    def __init__(self) -> None:
+        self.current: dict[str, str] = {}
+        self.previous: dict[str, str] = {}
+        self.generation = 0  # steps rotated out so far
+        # kind -> (seq, generation, dumped record as a reader restores it)
+        self.bases: dict[str, tuple[int, int, dict[str, Any]]] = {}
+        self.step: dict[str, dict[str, Any]] = {}  # type -> the last such record of this step
+
+    def rotate(self) -> None:
+        self.previous, self.current = self.current, {}
+        self.generation += 1
+        self.step = {}
+
+    def copy(self) -> _RefWindow:
+        out = _RefWindow()
+        out.current, out.previous = dict(self.current), dict(self.previous)
+        out.generation, out.bases, out.step = self.generation, dict(self.bases), dict(self.step)
+        return out
+
+    def base(self, kind: str, *, this_step: bool = False) -> tuple[int, dict[str, Any]] | None:
+        """The last record of ``kind`` if a reader still holds it (this step or the last)."""
+        found = self.bases.get(kind)
+        if found is None or found[1] < self.generation - (0 if this_step else 1):
+            return None
+        return found[0], found[2]
+
+
+def _after(ts: float, micros: int) -> float:
+    """The time ``micros`` microseconds after ``ts``, as writer and reader both compute it."""
+    return round(ts + micros / 1e6, 6)
+
+
+def _in_step(base: dict[str, Any], step: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``base`` as the current record most likely repeats it, the form a compact line is
+    compared with (writer and reader predict alike; a wrong guess costs bytes, never
+    correctness): a route is for the step after its base's; the step's route (when written
+    after the base) gives a call, aggregate or step end its step, and a call or step end its
+    instruction; a call after another of the same step is its next draw; the step's
+    aggregate gives a step end its answer. ``step``: type -> the last such record of the step."""
+    kind = base.get("type")
+    if kind == "route" and isinstance(base.get("step"), int):
+        return {**base, "step": base["step"] + 1}
+    if kind not in ("call", "aggregate", "step_end"):
+        return base
+    out = base
+    route, aggregate = step.get("route"), step.get("aggregate")
+    if route is not None and route.get("seq", -1) > base.get("seq", -1):
+        out = {**base, "step": route.get("step")}
+        instruction = (route.get("decision") or {}).get("instruction")
+        if kind != "aggregate" and instruction is not None:
+            out["instruction"] = instruction
+    elif kind == "call" and isinstance(base.get("generation"), dict):
+        generation = base["generation"]
+        sample = generation.get("sample", 0)
+        if isinstance(sample, int):
+            out = {**base, "generation": {**generation, "sample": sample + 1}}
+    if kind == "step_end" and aggregate is not None and aggregate.get("seq", -1) > base["seq"]:
+        answer = (aggregate.get("result") or {}).get("answer")
+        if answer is not None:
+            out = {**out, "answer": answer}
+    return out
+
+
+def _base_kinds(data: dict[str, Any]) -> tuple[str, ...]:
+    """The kinds a record may take its base from: a call's are the calls of its role, and of
+    its role and sample (the same draw of the step before)."""
+    kind = str(data.get("type"))
+    if kind != "call":
+        return (kind,)
+    role = f"call:{data.get('role', 'candidate')}"
+    return (role, f"{role}:{(data.get('generation') or {}).get('sample', 0)}")
+
+
+def _default(model: Any, name: str) -> Any:
+    """The JSON form of field ``name``'s default in pydantic ``model`` (its class)."""
+    return to_jsonable_python(model.model_fields[name].get_default(call_default_factory=True))
+
+
+def _delta(
+    record: Any, data: dict[str, Any], base: dict[str, Any], *, nested: bool = True
+) -> dict[str, Any]:
+    """The members of ``data`` that differ from ``base`` (both dumped forms of ``record``'s
+    kind, a member left out meaning its default); a member ``base`` has and ``data`` lacks is
+    written as its default. The sub-models of :data:`_MERGED` are compared member by member."""
+    out: dict[str, Any] = {}
+    merged = _MERGED.get(str(data.get("type")), ()) if nested else ()
+    for name in (*data, *(k for k in base if k not in data)):
+        if name in _LINE_KEYS:
+            continue
+        new = data[name] if name in data else _default(type(record), name)
+        old = base.get(name, _MISSING)
+        if name in merged and isinstance(new, dict) and isinstance(old, dict):
+            sub = _delta(getattr(record, name), new, old, nested=False)
+            if sub:
+                out[name] = sub
+        elif name not in data and old is _MISSING:
+            continue
+        elif new != old:
+            out[name] = new
+    return out
+
+
+def _merge(obj: dict[str, Any], base: dict[str, Any]) -> None:
+    """Fill a compact line's members from its base, in place (the inverse of :func:`_delta`)."""
+    merged = _MERGED.get(str(obj.get("type")), ())
+    for name, value in base.items():
+        if name in _LINE_KEYS:
+            continue
+        if name not in obj:
+            obj[name] = value
+        elif name in merged and isinstance(value, dict) and isinstance(obj[name], dict):
+            obj[name] = {**value, **obj[name]}
+
+
+def _votes_by_key(result: Any) -> dict[str, str]:
+    """Candidate key -> the answer it voted for, from a step's result (supporters, draws)."""
+    out: dict[str, str] = {}
+    for draw in (result.meta or {}).get("draws") or []:
+        if isinstance(draw, dict) and draw.get("answer") is not None and not draw.get("flag"):
+            out[str(draw.get("key"))] = str(draw["answer"])
+    for answer, keys in result.supporters.items():
+        for key in keys:
+            out[key] = answer
+    return out
+
+
+class TraceWriter:
+    """Appends records to one run's file, a step at a time.
+
+    Records are encoded as they come and buffered; the buffer is written out after each
+    step's end (and the run's start and end, a tool result, :meth:`flush`, :meth:`close`, or
+    when it holds 1 MiB) as one ``write`` of whole lines on an ``O_APPEND`` descriptor,
+    under a thread lock and an advisory file lock, then flushed to the OS (``fsync`` when
+    asked). So a complete record is never torn, and a crash (SIGKILL) loses at most the
+    records of the step in flight. Before every append, a torn last line left by a crashed
+    writer is moved to ``<file>.torn``, so new records are never glued to it.
 
     Before a line is written, prompts and outputs are dropped when ``capture_content`` is
-    off, and every string passes through the ``redactor`` (secrets replaced whole).
+    off, and every string passes through the ``redactor`` (secrets replaced whole). A long
+    text that an earlier record of the step (or the step before) already holds is stored as a
+    reference to it (:data:`~expertgraph.traces.schema.REFS`), so a reply is written once.
+    ``detail="decisions"`` keeps a candidate's answer instead of its reply (:data:`TraceDetail`).
     ``on_close`` is called with the path once the writer closes (the store updates its index).
     """
 
@@ -182,15 +400,30 @@ class TraceWriter:
         capture_content: bool = True,
         redactor: Redactor | None = None,
         on_close: Callable[[Path], None] | None = None,
+        detail: TraceDetail = "full",
     ) -> None:
+        if detail not in ("full", "decisions"):
+            raise TraceError(f"unknown trace detail {detail!r}: use 'full' or 'decisions'")
         self.path = Path(path)
         self.fsync = fsync
         self.capture_content = capture_content
         self.redactor = redactor
+        self.detail: TraceDetail = detail
         self._on_close = on_close
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._buffer: list[str] = []  # encoded lines, redacted as one text when written
+        self._buffered = 0
+        # decisions: a step's records from its first candidate call on wait for its vote.
+        self._pending: list[TraceRecord] = []
+        self._window = _RefWindow()
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            # The directory is made only when missing: mkdir(exist_ok) on every run costs a
+            # failing system call and a raised exception, a good part of opening a trace.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, flags, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             _repair_torn_tail(self._fd, self.path)
@@ -198,43 +431,238 @@ class TraceWriter:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def encode(self, record: TraceRecord) -> bytes:
-        """The line that :meth:`write` appends for ``record`` (content policy and redaction
-        applied)."""
+    def encode(self, record: TraceRecord, votes: dict[str, str] | None = None) -> bytes:
+        """The line that :meth:`write` appends for ``record`` (detail, content policy,
+        references and redaction applied). ``votes`` (decisions detail): candidate key ->
+        the answer it voted for. Writes nothing and leaves the writer as it was."""
+        with self._lock:
+            window = self._window
+            self._window = window.copy()
+            try:
+                return self._redacted(self._line(record, votes)).encode() + b"\n"
+            finally:
+                self._window = window
+
+    def _redacted(self, text: str) -> str:
+        # One pass over a whole buffer of lines: JSON lines hold no raw newline, so no match
+        # spans two of them, and the fixed cost of a pass is paid once per step.
+        if self.redactor is None:
+            return text
+        self.redactor.refresh()
+        return self.redactor.json_line(text)
+
+    def _line(self, record: TraceRecord, votes: dict[str, str] | None = None) -> str:
+        """``record``'s JSON line before redaction, without its newline."""
         if isinstance(record, RunStart):
             record.capture = Capture(
-                content=self.capture_content, redacted=self.redactor is not None
+                content=self.capture_content,
+                redacted=self.redactor is not None,
+                detail=self.detail,
             )
-        if self.capture_content:
+        data: dict[str, Any] | None = None
+        if not self.capture_content:
+            data = record.model_dump(mode="json")
+            _omit_content(data)
+        elif self.detail == "decisions":
+            data = self._decisions(record, votes)
+        if self.detail == "decisions" and data is not None and not isinstance(record, RunStart):
+            data = self._compact(record, data)
+        elif self.capture_content:
+            data = self._with_refs(record, data)
+        if data is None:
             # pydantic's own encoder, no intermediate dict: the common path stays cheap.
             line = record.model_dump_json()
         else:
-            data = record.model_dump(mode="json")
-            _omit_content(data)
             line = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        if self.redactor is not None:
-            self.redactor.refresh()
-            line = self.redactor.json_line(line)
-        return line.encode() + b"\n"
+        if record.type == "step_end":
+            self._window.rotate()
+        return line
+
+    def _decisions(self, record: TraceRecord, votes: dict[str, str] | None) -> dict[str, Any]:
+        """The dumped record at decisions detail: fields at their default left out (a reader
+        restores them), a candidate's reply replaced by the answer it voted for, a call's
+        latency in whole microseconds, and the step's result without the winner's text, a
+        log of every draw's answer or the texts of its requests for more samples (their
+        number stays: it is the step's round count)."""
+        data = {
+            "v": record.v,
+            "run_id": record.run_id,
+            "seq": record.seq,
+            "ts": record.ts,
+            "type": record.type,
+            **record.model_dump(mode="json", exclude_defaults=True),
+        }
+        if isinstance(record, CallRecord) and votes is not None:
+            # No vote known (the run stopped inside the step): the reply stays.
+            key = candidate_key(record.generation)
+            answer = votes.get(key, "") if record.role == "candidate" else ""
+            data["generation"]["text"] = answer
+        if isinstance(record, CallRecord) and "latency_s" in data["generation"]:
+            # A float's last digits are noise that costs a tenth of a compact call line.
+            data["generation"]["latency_s"] = round(record.generation.latency_s, 6)
+        elif isinstance(record, AggregateRecord):
+            if record.result.answer is not None:
+                data["result"].pop("text", None)
+            meta = data["result"].get("meta") or {}
+            # An ahead-by-k log of every draw's answer: each call now holds its own.
+            meta.pop("draws", None)
+            if isinstance(meta.get("requests"), list):
+                meta["requests"] = [""] * len(meta["requests"])
+        return data
+
+    def _with_refs(self, record: TraceRecord, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``data`` (or ``record`` dumped) with its repeated texts replaced by references;
+        None when there are none and ``data`` was None."""
+        refs = self._refs(record, data)
+        if refs:
+            if data is None:
+                data = record.model_dump(mode="json")
+            for path in refs:
+                _put(data, path, "")
+            data[REFS] = refs
+        return data
+
+    def _compact(self, record: TraceRecord, data: dict[str, Any]) -> dict[str, Any]:
+        """The compact line of a dumped record (decisions detail): without the run's
+        constants, and only the members that differ from the last record of its kind."""
+        line: dict[str, Any] = {"seq": data["seq"], "ts": data["ts"], "type": data["type"]}
+        if isinstance(record, RunEnd):
+            # Whole, no base or reference: a reader finds the end from the file's tail alone.
+            line.update((k, v) for k, v in data.items() if k not in _LINE_KEYS)
+            return line
+        if self._buffer:
+            # The line after another of the same write: its seq is the one after. The first
+            # line of each write names its own, so lines of two writers never get mixed up.
+            del line["seq"]
+        kinds = _base_kinds(data)
+        # The closest base: an earlier call of this step (same step, instruction and mostly
+        # the same answer), else the same draw of the step before, else the last of the kind.
+        found = self._window.base(kinds[0], this_step=True)
+        for kind in (*kinds[1:], kinds[0]) if found is None else ():
+            found = found or self._window.base(kind)
+        if found is None:
+            line.update((k, v) for k, v in data.items() if k not in _LINE_KEYS)
+        else:
+            base_seq, base = found
+            base = _in_step(base, self._window.step)
+            del line["ts"]
+            # Microseconds since the base's time; ``data`` then holds the time a reader restores.
+            line[DT] = round((record.ts - base["ts"]) * 1e6)
+            data["ts"] = _after(base["ts"], line[DT])
+            line.update(_delta(record, data, base))
+            line[BASE] = record.seq - base_seq
+        for kind in kinds:
+            self._window.bases[kind] = (record.seq, self._window.generation, data)
+        self._window.step[record.type] = data
+        if self.capture_content:
+            refs = self._refs(record, line)
+            for path in refs:
+                _own(line, path)
+                _put(line, path, "")
+            if refs:
+                line[REFS] = refs
+        return line
+
+    def _refs(self, record: TraceRecord, data: dict[str, Any] | None) -> dict[str, str]:
+        """Fields of ``record`` that repeat a text stored earlier: path -> ``seq/path``."""
+        refs: dict[str, str] = {}
+        for path in _TEXT_FIELDS.get(record.type, ()):
+            value = _attr(record, path) if data is None else _get(data, path)
+            if not isinstance(value, str) or len(value) < _MIN_REF_CHARS:
+                continue
+            target = self._window.current.get(value)
+            if target is None:
+                # Stored here (whole, or as a reference a reader resolves in place), this
+                # record is where the next steps find the text: it stays in their window.
+                self._window.current[value] = f"{record.seq}/{path}"
+                target = self._window.previous.get(value)
+            if target is not None:
+                refs[path] = target
+        for path in _KEY_FIELDS.get(record.type, ()):
+            table = _attr(record, path) if data is None else _get(data, path)
+            for position, key in enumerate(table or {}):
+                if len(key) >= _MIN_REF_CHARS:
+                    target = self._window.current.get(key) or self._window.previous.get(key)
+                    if target is not None:
+                        refs[f"{path}[{position}]"] = target
+        return refs
 
     def write(self, record: TraceRecord) -> TraceRecord:
-        """Append one record (its ``seq`` is set here) and return it."""
+        """Add one record (its ``seq`` is set here) and return it; see the class for when it
+        reaches the file."""
         with self._lock:
             if self._fd < 0:
                 raise TraceError(f"{self.path}: writer is closed")
             record.seq = self._seq
-            append_line(self._fd, self.path, self.encode(record), fsync=self.fsync)
             self._seq += 1
+            kind = record.type
+            if self._pending or (
+                self.detail == "decisions"
+                and isinstance(record, CallRecord)
+                and record.role == "candidate"
+            ):
+                self._pending.append(record)
+                if kind in ("aggregate", "step_end", "run_end"):
+                    self._drain_pending()
+            else:
+                self._buffer_line(self._line(record))
+            if kind in _FLUSH_AFTER or self._buffered >= _MAX_BUFFER_BYTES:
+                self._flush_locked()
         return record
+
+    def _drain_pending(self, *, voted: bool = True) -> None:
+        """Encode the held records of a step now that its vote is known (or never will be)."""
+        votes = None
+        if voted:
+            for held in self._pending:
+                if isinstance(held, AggregateRecord):
+                    votes = _votes_by_key(held.result)
+        pending, self._pending = self._pending, []
+        for held in pending:
+            self._buffer_line(self._line(held, votes))
+
+    def _buffer_line(self, line: str) -> None:
+        self._buffer.append(line)
+        self._buffered += len(line)
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        text = self._redacted("\n".join(self._buffer) + "\n")
+        self._buffer.clear()
+        self._buffered = 0
+        append_line(self._fd, self.path, text.encode(), fsync=self.fsync)
+
+    def flush(self) -> None:
+        """Write out every buffered record (a step still waiting for its vote at decisions
+        detail stays held until the vote or :meth:`close`)."""
+        with self._lock:
+            if self._fd >= 0:
+                self._flush_locked()
 
     def close(self) -> None:
         with self._lock:
             if self._fd < 0:
                 return
-            os.close(self._fd)
-            self._fd = -1
+            try:
+                self._drain_pending(voted=False)
+                self._flush_locked()
+            finally:
+                os.close(self._fd)
+                self._fd = -1
         if self._on_close is not None:
             self._on_close(self.path)
+
+    def __del__(self) -> None:
+        # A writer dropped without close() (a crashed caller) still writes what it holds.
+        try:
+            if getattr(self, "_fd", -1) >= 0:
+                self._drain_pending(voted=False)
+                self._flush_locked()
+                os.close(self._fd)
+                self._fd = -1
+        except Exception:  # noqa: BLE001, S110 - nothing may escape a finaliser
+            pass
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -267,63 +695,243 @@ def is_trace_file(path: str | Path) -> bool:
 def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """Yield ``(line number, bytes)`` of each complete, non-blank line of a JSONL file.
 
-    An unterminated final line (a write torn by a crash) is not yielded.
+    The file is read a line at a time (memory holds one line, not the file). An unterminated
+    final line (a write torn by a crash) is not yielded.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, also when the caller stops early
     except OSError as exc:
         raise TraceError(f"cannot read trace {path}: {exc}") from exc
-    lines = data.split(b"\n")
-    complete = lines[:-1]  # the last element is b"" or an unterminated (torn) line
-    for number, raw in enumerate(complete, start=1):
-        if raw.strip():
-            yield number, raw
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                return  # the last line, torn by a crash
+            if raw.strip():
+                yield number, raw
+
+
+# The writer puts v, run_id, seq, ts and type first: a record's kind is read without parsing.
+# A compact line (decisions detail) starts at "seq".
+_KIND = re.compile(
+    rb'^\{(?:"v":\d+,"run_id":"(?:[^"\\]|\\.)*",)?(?:"seq":\d+,)?(?:"ts":[^,]+,)?"type":"(\w+)"'
+)
+
+
+def _kind(raw: bytes) -> str | None:
+    match = _KIND.match(raw)
+    return match.group(1).decode() if match else None
+
+
+class _Resolver:
+    """Parses lines and resolves their references and bases, keeping the writer's window of
+    records; restores the run's constants (``v``, ``run_id``) that compact lines leave out."""
+
+    def __init__(self, path: Path, *, run_id: str | None = None, version: int | None = None):
+        self.path = path
+        self.run_id = run_id
+        self.version = version
+        self.current: dict[int, dict[str, Any]] = {}
+        self.previous: dict[int, dict[str, Any]] = {}
+        self.last_seq: int | None = None
+        self.step: dict[str, dict[str, Any]] = {}  # type -> the last such record of this step
+
+    def record(self, number: int, raw: bytes) -> TraceRecord:
+        try:
+            obj = json.loads(raw)
+            if isinstance(obj, dict) and obj.get("type") == "run_start":
+                self.run_id, self.version = obj.get("run_id"), obj.get("v", 1)
+            version = obj.get("v", self.version or 1) if isinstance(obj, dict) else 1
+            if isinstance(version, int) and version > TRACE_VERSION:
+                raise TraceError(
+                    f"{self.path}:{number}: trace version {version} is newer than this "
+                    f"expertgraph reads ({TRACE_VERSION}); upgrade expertgraph"
+                )
+            if isinstance(obj, dict):
+                self._restore(obj)
+            return record_adapter.validate_python(obj)
+        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0]
+            raise TraceCorruptionError(first, path=str(self.path), line=number) from exc
+
+    def _restore(self, obj: dict[str, Any]) -> None:
+        """Make a parsed line whole, in place, and keep it in the window."""
+        if self.run_id is not None:
+            obj.setdefault("run_id", self.run_id)
+        if self.version is not None:
+            obj.setdefault("v", self.version)
+        if "seq" not in obj and self.last_seq is not None and "type" in obj:
+            obj["seq"] = self.last_seq + 1
+        seq = obj.get("seq")
+        self.last_seq = seq if isinstance(seq, int) else None
+        base = obj.pop(BASE, None)
+        refs = obj.pop(REFS, None)
+        micros = obj.pop(DT, None)
+        holder = None
+        if isinstance(base, int) and isinstance(seq, int):
+            holder = self._held(seq - base)
+        if holder is not None:
+            holder = _in_step(holder, self.step)
+            _merge(obj, holder)
+            if isinstance(micros, int) and isinstance(holder.get("ts"), float | int):
+                obj["ts"] = _after(holder["ts"], micros)
+        if refs and (base is None or holder is not None):
+            self._resolve(obj, refs)
+        if isinstance(seq, int):
+            self.current[seq] = obj
+        self.step[str(obj.get("type"))] = obj
+        if obj.get("type") == "step_end":
+            self.previous, self.current = self.current, {}
+            self.step = {}
+        if base is not None and holder is None:
+            # Kept in the window all the same: a tail reader skips it and reads on.
+            message = f"{BASE} {base} names no record of this or the previous step"
+            raise json.JSONDecodeError(message, "", 0)
+
+    def _held(self, seq: Any) -> dict[str, Any] | None:
+        if not isinstance(seq, int):
+            return None
+        return self.current.get(seq, self.previous.get(seq))
+
+    def _resolve(self, obj: dict[str, Any], refs: Any) -> None:
+        if not isinstance(refs, dict):
+            raise json.JSONDecodeError(f"{REFS} is not an object", "", 0)
+        for path, target in refs.items():
+            seq_text, _, source = str(target).partition("/")
+            seq = int(seq_text) if seq_text.isdigit() else -1
+            holder = obj if seq == obj.get("seq") else self._held(seq)
+            value = _get(holder, source) if holder is not None else None
+            if not isinstance(value, str):
+                raise json.JSONDecodeError(
+                    f"reference {path} -> {target} names no text of this or the previous step",
+                    "",
+                    0,
+                )
+            _put(obj, path, value)
 
 
 def iter_records(path: str | Path) -> Iterator[TraceRecord]:
-    """Yield the records of a trace file.
+    """Yield the records of a trace file, whole (references resolved), in bounded memory.
 
     Only an unterminated final line (a write torn by a crash) is skipped; any other line that
     does not parse raises :class:`TraceCorruptionError` naming the file and line, and a line of
     a newer trace version than this reader knows raises :class:`TraceError`.
     """
-    path = Path(path)
+    resolver = _Resolver(Path(path))
     for number, raw in iter_lines(path):
-        try:
-            obj = json.loads(raw)
-            version = obj.get("v", 1) if isinstance(obj, dict) else 1
-            if isinstance(version, int) and version > TRACE_VERSION:
-                raise TraceError(
-                    f"{path}:{number}: trace version {version} is newer than this expertgraph "
-                    f"reads ({TRACE_VERSION}); upgrade expertgraph"
-                )
-            yield record_adapter.validate_python(obj)
-        except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            first = str(exc).splitlines()[0]
-            raise TraceCorruptionError(first, path=str(path), line=number) from exc
+        yield resolver.record(number, raw)
 
 
-@dataclass
+# Past this much tail without two step ends (a run of few, huge steps), read forwards.
+_MAX_TAIL_BYTES = 16 << 20
+
+
+def _tail_lines(path: Path, chunk: int = 1 << 16) -> list[bytes] | None:
+    """The complete lines after the last-but-one ``step_end`` (read backwards), or None when
+    the file is short (then reading it forwards is as cheap) or the tail is long."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= 4 * chunk:
+                return None
+            fd = handle.fileno()
+            end = _last_newline(fd, size)
+            lines: list[bytes] = []
+            rest = b""
+            ends = 0
+            while end > 0 and size - end <= _MAX_TAIL_BYTES:
+                begin = max(0, end - chunk)
+                block = os.pread(fd, end - begin, begin) + rest
+                parts = block.split(b"\n")
+                rest = parts[0] if begin > 0 else b""
+                body = parts[1:] if begin > 0 else parts
+                for raw in reversed(body):
+                    if not raw.strip():
+                        continue
+                    if _kind(raw) == "step_end":
+                        ends += 1
+                        if ends == 2:
+                            lines.reverse()
+                            return lines
+                    lines.append(raw)
+                end = begin
+            return None
+    except OSError:
+        return None
+
+
 class RunTrace:
-    """A run loaded back from its trace file."""
+    """A run read back from its trace file.
 
-    path: Path
-    records: list[TraceRecord] = field(default_factory=list)
+    Nothing is loaded up front: :meth:`iter_records` and :meth:`iter_steps` stream the file in
+    bounded memory, :attr:`start` and :attr:`end` read its first and last lines, and
+    :attr:`records` loads every record once, on first use (for short runs and callers that
+    need them all).
+    """
+
+    def __init__(self, path: str | Path, records: list[TraceRecord] | None = None) -> None:
+        self.path = Path(path)
+        self._records = records
+        self._start: RunStart | None = None
+        self._end: tuple[RunEnd | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"RunTrace(path={str(self.path)!r})"
+
+    @property
+    def records(self) -> list[TraceRecord]:
+        """Every record of the run (loaded on first use, then kept)."""
+        if self._records is None:
+            self._records = list(iter_records(self.path))
+        return self._records
+
+    def iter_records(self) -> Iterator[TraceRecord]:
+        """The records in order, streamed from the file unless :attr:`records` was loaded."""
+        if self._records is not None:
+            return iter(self._records)
+        return iter_records(self.path)
 
     @property
     def start(self) -> RunStart:
-        for record in self.records:
-            if isinstance(record, RunStart):
-                return record
-        raise TraceError(f"{self.path}: no run_start record")
+        if self._start is None:
+            for record in self.iter_records():
+                if isinstance(record, RunStart):
+                    self._start = record
+                    break
+            else:
+                raise TraceError(f"{self.path}: no run_start record")
+        return self._start
 
     @property
     def end(self) -> RunEnd | None:
-        for record in reversed(self.records):
+        if self._end is None:
+            self._end = (self._find_end(),)
+        return self._end[0]
+
+    def _find_end(self) -> RunEnd | None:
+        if self._records is None:
+            tail = _tail_lines(self.path)
+            if tail is not None:
+                start = self.start
+                resolver = _Resolver(self.path, run_id=start.run_id, version=start.v)
+                last: RunEnd | None = None
+                for raw in tail:
+                    try:
+                        record = resolver.record(0, raw)
+                    except TraceError:
+                        if _kind(raw) == "run_end":
+                            last = None  # read it forwards: the error names its line there
+                            break
+                        continue  # a compact line whose base is before the tail
+                    if isinstance(record, RunEnd):
+                        last = record
+                if last is not None:
+                    return last
+        last = None
+        for record in self.iter_records():
             if isinstance(record, RunEnd):
-                return record
-        return None
+                last = record
+        return last
 
     @property
     def run_id(self) -> str:
@@ -331,31 +939,38 @@ class RunTrace:
 
     @property
     def capture(self) -> Capture:
-        """What the writer kept: content captured or not, redaction on or not."""
+        """What the writer kept: content captured or not, redaction on or not, the detail."""
         return self.start.capture
 
     def decisions(self) -> list[RouteRecord]:
         """Every routing decision of the run, finish decisions included, in order."""
-        return [r for r in self.records if isinstance(r, RouteRecord)]
+        return [r for r in self.iter_records() if isinstance(r, RouteRecord)]
 
     def tool_records(self) -> list[ToolRecord]:
         """Every tool call the orchestrator executed, in order (step, then position)."""
-        return [r for r in self.records if isinstance(r, ToolRecord)]
+        return [r for r in self.iter_records() if isinstance(r, ToolRecord)]
 
     def final_step(self) -> int | None:
         """Index of the step whose answer became the run's answer (the last answered step)."""
-        for step in reversed(self.steps()):
+        final = None
+        for step in self.iter_steps():
             if step.result is not None and not step.result.failed:
-                return step.index
-        return None
+                final = step.index
+        return final
 
-    def steps(self) -> list[Step]:
-        """Rebuild the steps from route, candidate call and aggregate records."""
+    def iter_steps(self, on_record: Callable[[TraceRecord], None] | None = None) -> Iterator[Step]:
+        """Rebuild the steps from route, candidate call and aggregate records, in step order,
+        each as soon as its ``step_end`` is read (memory holds the steps in flight).
+
+        ``on_record`` sees every record as it is read, before the steps it completes are
+        yielded: one pass serves a reader that needs both (the index)."""
         decisions: dict[int, RouteRecord] = {}
         calls: dict[int, list[CallRecord]] = {}
         results: dict[int, StepResult] = {}
         ends: dict[int, StepEnd] = {}
-        for record in self.records:
+        for record in self.iter_records():
+            if on_record is not None:
+                on_record(record)
             if isinstance(record, RouteRecord) and record.decision.action == "call":
                 decisions[record.step] = record
             elif isinstance(record, CallRecord) and record.role == "candidate":
@@ -365,33 +980,17 @@ class RunTrace:
                 results[record.step] = record.result
             elif isinstance(record, StepEnd):
                 ends[record.step] = record
-        steps = []
+                for index in sorted(i for i in decisions if i <= record.step):
+                    yield _step(index, decisions, calls, results, ends)
+                for table in (calls, results, ends):
+                    for index in [i for i in table if i <= record.step]:
+                        del table[index]
         for index in sorted(decisions):
-            route = decisions[index]
-            generations = [c.generation for c in calls.get(index, [])]
-            usage = (
-                ends[index].usage if index in ends else sum((g.usage for g in generations), Usage())
-            )
-            instruction = (
-                ends[index].instruction
-                if index in ends
-                else (
-                    calls[index][0].instruction
-                    if calls.get(index)
-                    else route.decision.instruction or ""
-                )
-            )
-            steps.append(
-                Step(
-                    index=index,
-                    instruction=instruction,
-                    decision=route.decision,
-                    generations=generations,
-                    result=results.get(index),
-                    usage=usage,
-                )
-            )
-        return steps
+            yield _step(index, decisions, calls, results, ends)
+
+    def steps(self) -> list[Step]:
+        """Every step of the run (see :meth:`iter_steps`)."""
+        return list(self.iter_steps())
 
     def result(self) -> RunResult:
         """The run's outcome as the same :class:`RunResult` the orchestrator returned."""
@@ -410,9 +1009,39 @@ class RunTrace:
         )
 
 
+def _step(
+    index: int,
+    decisions: dict[int, RouteRecord],
+    calls: dict[int, list[CallRecord]],
+    results: dict[int, StepResult],
+    ends: dict[int, StepEnd],
+) -> Step:
+    """One step from its records (popping its route)."""
+    route = decisions.pop(index)
+    own = calls.get(index, [])
+    generations = [c.generation for c in own]
+    end = ends.get(index)
+    usage = end.usage if end else sum((g.usage for g in generations), Usage())
+    if end is not None:
+        instruction = end.instruction
+    else:
+        instruction = own[0].instruction if own else route.decision.instruction or ""
+    return Step(
+        index=index,
+        instruction=instruction,
+        decision=route.decision,
+        generations=generations,
+        result=results.get(index),
+        usage=usage,
+    )
+
+
 def load_run(path: str | Path) -> RunTrace:
-    """Read one run's trace file."""
-    return RunTrace(path=Path(path), records=list(iter_records(path)))
+    """Open one run's trace file (records are read when asked for; see :class:`RunTrace`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"cannot read trace {path}: no such file")
+    return RunTrace(path)
 
 
 class TraceStore:
@@ -421,7 +1050,8 @@ class TraceStore:
     ``capture_content`` off drops prompts and outputs from new traces; ``redact`` (on by
     default) replaces secrets before any line is written; ``index`` keeps
     ``<dir>/index.sqlite`` up to date as runs end; ``otel_endpoint`` posts each finished
-    run's spans (OTLP/JSON over HTTP) to a collector.
+    run's spans (OTLP/JSON over HTTP) to a collector; ``detail`` is what each trace keeps
+    (:data:`~expertgraph.traces.schema.TraceDetail`).
     """
 
     def __init__(
@@ -434,8 +1064,12 @@ class TraceStore:
         index: bool = True,
         otel_endpoint: str | None = None,
         otel_headers: dict[str, str] | None = None,
+        detail: TraceDetail = "full",
     ) -> None:
+        if detail not in ("full", "decisions"):
+            raise TraceError(f"unknown trace detail {detail!r}: use 'full' or 'decisions'")
         self.directory = Path(directory)
+        self.detail: TraceDetail = detail
         self.fsync = fsync
         self.capture_content = capture_content
         self.redact = redact
@@ -468,6 +1102,7 @@ class TraceStore:
             capture_content=self.capture_content,
             redactor=self._redactor,
             on_close=self._run_closed if (self.index or self.otel_endpoint) else None,
+            detail=self.detail,
         )
 
     def _run_closed(self, path: Path) -> None:
@@ -530,11 +1165,9 @@ class TraceStore:
         if self.otel_endpoint:
             for path in paths:
                 try:
-                    from expertgraph.traces.otel import post_spans, run_to_otlp
+                    from expertgraph.traces.otel import export_run
 
-                    post_spans(
-                        run_to_otlp(load_run(path)), self.otel_endpoint, headers=self.otel_headers
-                    )
+                    export_run(load_run(path), self.otel_endpoint, headers=self.otel_headers)
                 except Exception as exc:  # noqa: BLE001
                     _log.warning(
                         "OpenTelemetry export of %s to %s failed: %s", path, self.otel_endpoint, exc

@@ -148,11 +148,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
-        "otel", parents=[common], help="export a run as OpenTelemetry spans (OTLP/JSON)"
+        "otel",
+        parents=[common],
+        help="export a run as OpenTelemetry spans (OTLP/JSON file and/or OTLP/HTTP)",
     )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", help="write OTLP/JSON here")
-    p.add_argument("--endpoint", help="also POST to this OTLP/HTTP collector (.../v1/traces)")
+    p.add_argument("--endpoint", help="also send to this OTLP/HTTP backend (.../v1/traces)")
     p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_otel)
 
@@ -338,21 +340,26 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_otel(args: argparse.Namespace) -> int:
-    from expertgraph.traces.otel import post_spans, run_to_otlp
+    from expertgraph.traces.otel import build_spans, export_spans, spans_to_otlp
     from expertgraph.traces.store import TraceStore
 
     if not args.out and not args.endpoint:
         raise TraceError("traces otel needs --out FILE and/or --endpoint URL")
+    headers = {}
+    for header in args.header:
+        key, sep, value = header.partition("=")
+        if not sep or not key.strip():
+            raise TraceError(f"--header {header.split('=', 1)[0]!r}: expected KEY=VALUE")
+        headers[key.strip()] = value
     trace = TraceStore(_run_dir(args), index=False).load(args.run_id)
-    payload = run_to_otlp(trace)
-    spans = payload["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    spans = build_spans(trace)
     if args.out:
+        payload = spans_to_otlp(spans)
         Path(args.out).write_text(json.dumps(payload, indent=1), encoding="utf-8")
         print(f"wrote {len(spans)} spans to {args.out}")
     if args.endpoint:
-        headers = dict(h.partition("=")[::2] for h in args.header)
-        status = post_spans(payload, args.endpoint, headers=headers)
-        print(f"posted {len(spans)} spans to {args.endpoint} (HTTP {status})")
+        sent = export_spans(spans, args.endpoint, headers=headers)
+        print(f"sent {sent} spans to {args.endpoint} (OTLP/HTTP)")
     return 0
 
 
