@@ -10,19 +10,33 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from expertgraph.agents._api_errors import classify_error, safe_message
-from expertgraph.agents._litellm import import_litellm
+from expertgraph.agents._api_errors import Failure, classify_error, safe_message
+from expertgraph.agents._litellm import import_litellm, priced, without_unread_logging
 from expertgraph.agents._retry import AttemptFailed, RetryLoop, RetrySettings
 from expertgraph.agents._tool_offer import new_call_id, openai_message, take_tool_offer
-from expertgraph.agents.base import INVALID_PARAMS, Expert, RawOutput, call_timeout_s
+from expertgraph.agents.base import (
+    INVALID_PARAMS,
+    Expert,
+    MessageLike,
+    RawOutput,
+    call_timeout_s,
+)
 from expertgraph.core.errors import ExpertCallError
 from expertgraph.core.tools import ToolCall
-from expertgraph.core.types import ExpertCard, Message
+from expertgraph.core.types import DEFAULT_MAX_REPLY_CHARS, ExpertCard, Generation, Message
+from expertgraph.traces.redact import register_secret
 
 __all__ = ["APIExpert"]
+
+FIRST_TOKEN_TIMEOUT = "first_token_timeout"
+"""Failure type: a streamed reply sent no token within ``first_token_timeout_s``."""
+IDLE_TIMEOUT = "idle_timeout"
+"""Failure type: a streamed reply stalled longer than ``idle_timeout_s`` between chunks."""
 
 # Parameters that carry credentials: used by a call, never recorded (see Expert.secret_params),
 # and never stored on the expert.
@@ -63,7 +77,16 @@ class APIExpert(Expert):
     (arguments that are not a JSON object give ``invalid``). ``stream=True`` asks the API
     for a streamed reply and rebuilds it from the chunks (text, tool-call deltas by index,
     usage): for servers that answer only streamed, or stream faster; the Generation is the
-    same either way. Callers cannot set ``stream`` per call.
+    same either way. Callers cannot set ``stream`` per call. A streamed attempt fails as
+    ``first_token_timeout`` when no text or tool-call token arrives within
+    ``first_token_timeout_s`` of its start, and as ``idle_timeout`` when the stream then
+    stalls for ``idle_timeout_s`` between chunks (both retryable, like any timeout).
+
+    A reply longer than ``max_reply_chars`` (default 1 MB of text) is cut there and flagged
+    (``Generation.truncated``, finish reason ``length``); a streamed one stops being read at
+    the cap. The key (``api_key_env``'s value, or an ``api_key`` given per call) is registered
+    as a secret (:func:`expertgraph.traces.redact.register_secret`) whenever it is read, so
+    no trace, reply or error message shows it.
     """
 
     kind = "api"
@@ -82,6 +105,9 @@ class APIExpert(Expert):
         attempt_timeout_s: float | None = None,
         pricing: Literal["auto", "card"] = "auto",
         stream: bool = False,
+        max_reply_chars: int = DEFAULT_MAX_REPLY_CHARS,
+        first_token_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
     ) -> None:
         super().__init__(name, card)
         if not model or not model.strip():
@@ -92,6 +118,16 @@ class APIExpert(Expert):
             raise ValueError(f"expert {name!r}: attempt_timeout_s must be > 0")
         if pricing not in ("auto", "card"):
             raise ValueError(f"expert {name!r}: pricing must be 'auto' or 'card', got {pricing!r}")
+        if not max_reply_chars >= 1:
+            raise ValueError(f"expert {name!r}: max_reply_chars must be >= 1")
+        for field, value in (
+            ("first_token_timeout_s", first_token_timeout_s),
+            ("idle_timeout_s", idle_timeout_s),
+        ):
+            if value is not None and not value > 0:
+                raise ValueError(f"expert {name!r}: {field} must be > 0")
+            if value is not None and not stream:
+                raise ValueError(f"expert {name!r}: {field} needs stream=True")
         defaults = dict(params or {})
         bad = _refused(defaults, _SECRET_PARAMS)
         if bad:
@@ -110,6 +146,12 @@ class APIExpert(Expert):
         self.attempt_timeout_s = attempt_timeout_s
         self.pricing = pricing
         self.stream = stream
+        self.max_reply_chars = int(max_reply_chars)
+        self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        if api_key_env is not None and os.environ.get(api_key_env):
+            # Known before the first call: a prompt quoting the key is redacted from run_start.
+            register_secret(os.environ[api_key_env])
 
     def __repr__(self) -> str:
         # Names the key's environment variable, never its value.
@@ -122,9 +164,43 @@ class APIExpert(Expert):
         """Import LiteLLM ahead of the first call (it takes a few seconds)."""
         await asyncio.to_thread(import_litellm)
 
+    def worst_case_cost(self, messages: Sequence[Message], params: Mapping[str, Any]) -> float:
+        """The most one call may cost, priced as its reply will be (:func:`_litellm_cost`):
+        the prompt counted by LiteLLM's ``token_counter`` (plus a margin, since providers
+        count a little differently) and ``max_tokens`` of output, from LiteLLM's price map
+        when it knows the model and ``pricing`` is ``auto``, else from the card."""
+        litellm = import_litellm()
+        call = {**self.params, **params}
+        out = int(call.get("max_tokens") or 0)
+        wire = [openai_message(m) for m in messages]
+        try:
+            offer = take_tool_offer(call)
+            tools = [t.openai() for t in offer.tools] if offer is not None else None
+            counted = int(litellm.token_counter(model=self.model, messages=wire, tools=tools))
+        except Exception:  # noqa: BLE001 - no counter for it: about 2 characters a token
+            counted = len(str(wire)) // 2 + len(str(call.get("tools") or "")) // 2
+        prompt = math.ceil(counted * 1.1) + 8
+        if self.pricing == "auto":
+            cost = priced(litellm, self.model, prompt, out)
+            if cost is not None:
+                return cost
+        return self.card.estimate_cost(prompt, out)  # not in the price map: the card prices it
+
+    def supports_response_schema(self) -> bool:
+        """Whether LiteLLM knows this model to take a JSON-schema ``response_format``."""
+        try:
+            return bool(import_litellm().supports_response_schema(model=self.model))
+        except Exception:  # noqa: BLE001 - an unknown model: assume not
+            return False
+
+    async def generate(self, messages: Sequence[MessageLike] | str, **params: Any) -> Generation:
+        """:meth:`Expert.generate`, the reply cut at ``max_reply_chars``."""
+        return (await super().generate(messages, **params)).cut(self.max_reply_chars)
+
     async def _generate(self, messages: list[Message], params: dict[str, Any]) -> RawOutput:
         litellm = import_litellm()
         request, key = self._request(messages, params)
+        watch = _Watchdogs(self.first_token_timeout_s, self.idle_timeout_s, self.max_reply_chars)
         attempt_timeout = params.get("attempt_timeout", self.attempt_timeout_s)
         # LiteLLM keys its cached HTTP clients by the timeout, so it gets a fixed one per
         # expert: a timeout that shrinks with the deadline would open a new connection pool
@@ -137,7 +213,7 @@ class APIExpert(Expert):
                     per_try = loop.time_left_s()
                     if attempt_timeout is not None:
                         per_try = min(per_try, float(attempt_timeout))
-                    response = await _attempt(litellm, request, per_try, client_timeout)
+                    response = await _attempt(litellm, request, per_try, client_timeout, watch)
         except AttemptFailed as exc:
             f = exc.failure
             raise ExpertCallError(
@@ -199,6 +275,9 @@ class APIExpert(Expert):
         request.update(secrets)  # a key given per call wins over the environment's
         if isinstance(secrets.get("api_key"), str):
             key = secrets["api_key"]
+        for value in (key, *secrets.values()):
+            if isinstance(value, str):
+                register_secret(value)
         return request, key
 
     def _to_raw(self, litellm: Any, response: Any, attempts: int) -> RawOutput:
@@ -213,8 +292,10 @@ class APIExpert(Expert):
         message = getattr(choice, "message", None)
         usage = getattr(response, "usage", None)
         cost = None if self.pricing == "card" else _litellm_cost(litellm, response)
+        text = getattr(message, "content", None) or ""
         return RawOutput(
-            text=getattr(message, "content", None) or "",
+            # One character over the cap is kept, so that generate() sees the reply was cut.
+            text=text[: self.max_reply_chars + 1],
             tool_calls=_tool_calls(message),
             finish_reason=getattr(choice, "finish_reason", None),
             input_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
@@ -259,27 +340,133 @@ def _refused(params: Mapping[str, Any], also: frozenset[str] = frozenset()) -> l
     return sorted(bad)
 
 
+class _Stalled(Exception):
+    """A streamed attempt's watchdog fired (``kind``: first-token or idle timeout)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class _Watchdogs:
+    """How a streamed reply is read: the two stall limits and the reply cap."""
+
+    first_token_s: float | None
+    idle_s: float | None
+    max_chars: int
+
+
 async def _attempt(
-    litellm: Any, request: dict[str, Any], timeout_s: float, client_timeout_s: float
+    litellm: Any,
+    request: dict[str, Any],
+    timeout_s: float,
+    client_timeout_s: float,
+    watch: _Watchdogs,
 ) -> Any:
     """One call, bounded by ``timeout_s``; any failure comes out as :class:`AttemptFailed`."""
     try:
-        return await asyncio.wait_for(_complete(litellm, request, client_timeout_s), timeout_s)
+        return await asyncio.wait_for(
+            _complete(litellm, request, client_timeout_s, watch), timeout_s
+        )
     except asyncio.CancelledError:
         raise
+    except _Stalled as exc:
+        raise AttemptFailed(Failure(exc.kind, str(exc), None, True)) from exc
     except Exception as exc:  # noqa: BLE001 - every failure is classified
         raise AttemptFailed(classify_error(exc)) from exc
 
 
-async def _complete(litellm: Any, request: dict[str, Any], client_timeout_s: float) -> Any:
-    """One ``acompletion``; a streamed one is read to its end and rebuilt as one response."""
-    response = await litellm.acompletion(**request, timeout=client_timeout_s)
+async def _complete(
+    litellm: Any, request: dict[str, Any], client_timeout_s: float, watch: _Watchdogs
+) -> Any:
+    """One ``acompletion``; a streamed one is read (watched, up to the cap) and rebuilt as
+    one response. LiteLLM's logging that nobody reads is skipped
+    (:func:`~expertgraph.agents._litellm.without_unread_logging`)."""
+    with without_unread_logging(litellm):
+        return await _completion(litellm, request, client_timeout_s, watch)
+
+
+async def _completion(
+    litellm: Any, request: dict[str, Any], client_timeout_s: float, watch: _Watchdogs
+) -> Any:
     if not request.get("stream"):
-        return response
-    chunks = [chunk async for chunk in response]
+        return await litellm.acompletion(**request, timeout=client_timeout_s)
+    started = time.monotonic()
+    opening = litellm.acompletion(**request, timeout=client_timeout_s)
+    response = await _within(opening, watch.first_token_s, FIRST_TOKEN_TIMEOUT, watch)
+    chunks: list[Any] = []
+    chars = 0
+    tokens = False
+    ended = False
+    stream = response.__aiter__()
+    try:
+        while chars <= watch.max_chars:
+            if tokens:
+                limit, kind = watch.idle_s, IDLE_TIMEOUT
+            else:
+                left = None
+                if watch.first_token_s is not None:
+                    left = max(0.0, watch.first_token_s - (time.monotonic() - started))
+                limit, kind = left, FIRST_TOKEN_TIMEOUT
+            try:
+                chunk = await _within(stream.__anext__(), limit, kind, watch)
+            except StopAsyncIteration:
+                ended = True
+                break
+            chunks.append(chunk)
+            delta_chars, carries = _delta_size(chunk)
+            chars += delta_chars
+            tokens = tokens or carries
+    finally:
+        if not ended:  # cut at the cap, stalled or failed: stop the upstream sending
+            await _close(response)
     if not chunks:
         raise ValueError("the API's stream ended without a chunk")
     return litellm.stream_chunk_builder(chunks, messages=request["messages"])
+
+
+async def _within(awaitable: Any, limit_s: float | None, kind: str, watch: _Watchdogs) -> Any:
+    """``awaitable``, failing as ``kind`` when it takes longer than ``limit_s``."""
+    if limit_s is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, limit_s)
+    except TimeoutError as exc:
+        if kind == FIRST_TOKEN_TIMEOUT:
+            why = f"no token within first_token_timeout_s={watch.first_token_s:g}"
+        else:
+            why = f"the stream stalled between chunks for idle_timeout_s={watch.idle_s:g}"
+        raise _Stalled(kind, why) from exc
+
+
+def _delta_size(chunk: Any) -> tuple[int, bool]:
+    """Characters of text and tool-call arguments a chunk adds, and whether it carries any
+    token at all (a role-only or usage-only chunk does not)."""
+    size = 0
+    carries = False
+    for choice in getattr(chunk, "choices", None) or []:
+        delta = _field(choice, "delta")
+        content = _field(delta, "content")
+        if content:
+            size += len(content)
+            carries = True
+        for call in _field(delta, "tool_calls") or []:
+            carries = True
+            function = _field(call, "function")
+            size += len(_field(function, "arguments") or "") + len(_field(function, "name") or "")
+    return size, carries
+
+
+async def _close(response: Any) -> None:
+    """Stop reading a stream early (its cap reached, or it stalled): drop the connection."""
+    close = getattr(response, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:  # noqa: BLE001, S110 - closing is best effort
+        pass
 
 
 def _litellm_cost(litellm: Any, response: Any) -> float | None:

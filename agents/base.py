@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -70,6 +72,86 @@ def last_user_text(messages: Sequence[Message]) -> str:
     return messages[-1].content if messages else ""
 
 
+RATE_WINDOW_S = 60.0
+"""The window of the cards' ``rpm``/``tpm`` limits, in seconds (a minute; tests shorten it)."""
+
+
+class RateLimiter:
+    """Requests and tokens per sliding window of one expert, shared by every run of the process.
+
+    Thread-safe and loop-free (a ``threading.Lock`` and ``time.monotonic``), so runs on several
+    event loops or threads share it. A call reserves its estimated tokens when it starts and
+    settles its real count when it ends; a call whose estimate alone exceeds ``tpm`` still
+    runs, alone in an empty window, rather than never.
+    """
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float) -> None:
+        self.rpm = rpm
+        self.tpm = tpm
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._calls: deque[list[float]] = deque()  # [started, tokens], oldest first
+
+    def _wait_s(self, now: float, tokens: int) -> float:
+        calls = self._calls
+        while calls and calls[0][0] <= now - self.window_s:
+            calls.popleft()
+        wait = 0.0
+        if self.rpm is not None and len(calls) >= self.rpm:
+            wait = calls[len(calls) - self.rpm][0] + self.window_s - now
+        if self.tpm is not None and calls:
+            excess = sum(c[1] for c in calls) + tokens - self.tpm
+            for started, used in calls:
+                if excess <= 0:
+                    break
+                excess -= used
+                wait = max(wait, started + self.window_s - now)
+        return wait
+
+    async def acquire(self, tokens: int) -> list[float]:
+        """Wait until a call of ``tokens`` (estimated) fits the window; return its slot."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                wait = self._wait_s(now, tokens)
+                if wait <= 0:
+                    slot = [now, float(tokens)]
+                    self._calls.append(slot)
+                    return slot
+            await asyncio.sleep(max(wait, 0.001))
+
+    def settle(self, slot: list[float], tokens: int) -> None:
+        """The call of ``slot`` used ``tokens`` in all (0: keep the estimate)."""
+        if tokens > 0:
+            with self._lock:
+                slot[1] = float(tokens)
+
+
+# A cache of process-wide state, like expert health: one limiter per expert (kind, name,
+# model) and limits, so every orchestrator of the process built from the same config shares it.
+_LIMITERS: dict[tuple[str, str, str, int | None, int | None], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def rate_limiter(expert: Expert) -> RateLimiter | None:
+    """The process's limiter of ``expert``'s card ``rpm``/``tpm``; None when it has neither."""
+    card = expert.card
+    if card.rpm is None and card.tpm is None:
+        return None
+    key = (expert.kind, expert.name, str(getattr(expert, "model", "")), card.rpm, card.tpm)
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = _LIMITERS[key] = RateLimiter(card.rpm, card.tpm, RATE_WINDOW_S)
+        return limiter
+
+
+def estimate_tokens(messages: Sequence[Message]) -> int:
+    """A call's input tokens before it runs, about 4 characters a token; like LiteLLM's
+    ``tpm`` check, the output is counted once the call reports it."""
+    return sum(len(m.content or "") for m in messages) // 4 + 1
+
+
 def call_timeout_s() -> float | None:
     """The timeout of the :meth:`Expert.generate` call running in this context, else None."""
     return _CALL_TIMEOUT.get()
@@ -79,7 +161,8 @@ class Expert(ABC):
     """Base class of all experts.
 
     Subclasses implement :meth:`_generate`. The base class enforces the call's timeout (the
-    ``timeout`` param, else the card's) and the card's concurrency limit, measures latency,
+    ``timeout`` param, else the card's), the card's concurrency limit and its requests and
+    tokens per minute (``rpm``/``tpm``, per process), measures latency (after those waits),
     prices tokens with the card when the subclass does not, and turns every exception into
     ``Generation.error``: :meth:`generate` never raises.
     """
@@ -119,6 +202,23 @@ class Expert(ABC):
     async def aclose(self) -> None:
         """Release resources (optional)."""
 
+    def worst_case_cost(self, messages: Sequence[Message], params: Mapping[str, Any]) -> float:
+        """The most one call with ``params`` may cost: its prompt (counted by the expert's
+        tokenizer once one is loaded, else estimated) and ``params["max_tokens"]`` of output,
+        priced as the call will be (here: by the card). The run's cost ceiling admits each
+        call by it; an expert priced otherwise overrides it."""
+        if not (self.card.cost_per_1k_input or self.card.cost_per_1k_output):
+            return 0.0
+        out = int(params.get("max_tokens") or 0)
+        encode = getattr(getattr(self, "tokenizer", None), "encode", None)
+        if callable(encode):
+            # +8 a message: the chat template's role markers.
+            prompt = sum(len(encode(m.content or "")) + 8 for m in messages)
+        else:
+            prompt = estimate_tokens(messages) + 4 * len(messages)
+        prompt += sum(len(str(t)) for t in params.get("tools") or []) // 3
+        return self.card.estimate_cost(prompt, out)
+
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         sem = self._semaphores.get(loop)
@@ -146,7 +246,14 @@ class Expert(ABC):
             token = _CALL_TIMEOUT.set(timeout_s)
             try:
                 async with self._semaphore():
+                    limiter = rate_limiter(self)
+                    slot = None
+                    if limiter is not None:
+                        slot = await limiter.acquire(estimate_tokens(msgs))
+                        started = time.perf_counter()  # waiting for the window is not the call
                     raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout_s)
+                    if limiter is not None and slot is not None:
+                        limiter.settle(slot, raw.input_tokens + raw.output_tokens)
             finally:
                 _CALL_TIMEOUT.reset(token)
         except asyncio.CancelledError:

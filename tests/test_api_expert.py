@@ -22,12 +22,7 @@ FAST = RetrySettings(max_attempts=4, initial_wait_s=0.01, max_wait_s=0.05)
 PROMPT = "What is the capital of France?"
 
 
-@pytest.fixture(autouse=True)
-def openai_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    """The OpenAI SDK refuses to run without a key, even for a loopback server."""
-    key = f"sk-env-{uuid.uuid4().hex}"
-    monkeypatch.setenv("OPENAI_API_KEY", key)
-    return key
+pytestmark = pytest.mark.usefixtures("openai_key")
 
 
 @pytest.fixture(scope="module")

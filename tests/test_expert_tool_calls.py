@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,9 +55,7 @@ RULES = [  # the first rule that matches answers
 # -- API experts against the loopback server ---------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def openai_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", f"sk-env-{uuid.uuid4().hex}")
+pytestmark = pytest.mark.usefixtures("openai_key")
 
 
 @pytest.fixture(scope="module")
