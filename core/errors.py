@@ -16,6 +16,8 @@ One hierarchy; catch ``ExpertGraphError`` for all of them::
     ├── TraceError (RuntimeError)          a trace could not be written or read
     │   └── TraceCorruptionError           a record that does not parse (file and line named)
     ├── NoAnswerError (RuntimeError)       a run ended without an answer (adapters raise it)
+    ├── NoExpertAvailable (RuntimeError)   every expert a step may use is cooling down
+    ├── CheckpointError (RuntimeError)     a run's checkpoint cannot be opened, found or resumed
     └── MissingDependencyError (ImportError)   an optional extra is needed
 
 Expert failures inside a run are data (``Generation.error``), never raised into the run.
@@ -23,6 +25,7 @@ Expert failures inside a run are data (``Generation.error``), never raised into 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -129,6 +132,27 @@ class NoAnswerError(ExpertGraphError, RuntimeError):
         self.result = result
         reason = result.stop_reason or "no result"
         super().__init__(f"no expert produced an answer (run {result.run_id}: {reason})")
+
+
+class NoExpertAvailable(ExpertGraphError, RuntimeError):
+    """Every expert a step may use is cooling down; the message says when the first recovers."""
+
+    def __init__(self, cooling: dict[str, float]) -> None:
+        self.cooling = dict(cooling)
+        """Expert name -> seconds until it may be called again (0: a probe call decides)."""
+        self.recovers_in_s = min(self.cooling.values(), default=0.0)
+        first = min(self.cooling, key=self.cooling.__getitem__, default="?")
+        each = ", ".join(f"{n} ({s:.3g}s)" for n, s in sorted(self.cooling.items()))
+        self.recovers_at = time.time() + self.recovers_in_s
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(self.recovers_at))
+        super().__init__(
+            f"no expert available: every expert is cooling down after failures ({each}); "
+            f"the first, {first}, recovers in {self.recovers_in_s:.3g}s (at {at})"
+        )
+
+
+class CheckpointError(ExpertGraphError, RuntimeError):
+    """A run's checkpoint store cannot be opened, or a run cannot be resumed from it."""
 
 
 class UnknownModelError(ConfigError, KeyError):

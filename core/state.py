@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from expertgraph.core.errors import NoExpertAvailable
 from expertgraph.core.types import (
     AnswerFormat,
     Decision,
@@ -25,20 +26,29 @@ if TYPE_CHECKING:
 
 @dataclass
 class ExpertHealth:
-    """What the run has seen of an expert so far (calls and failures before this step)."""
+    """What the run has seen of an expert so far (calls and failures before this step), and
+    whether it is cooling down in this process (:mod:`expertgraph.core.health`)."""
 
     calls: int = 0
     errors: int = 0
     last_error: str | None = None
+    cooling_s: float | None = None
+    """Seconds until the process-wide cooldown lets it be called (0: a probe call decides);
+    None when it may be called."""
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.calls if self.calls else 0.0
 
     @property
+    def cooling(self) -> bool:
+        return self.cooling_s is not None
+
+    @property
     def usable(self) -> bool:
-        """False once the expert was called and failed every call: routing goes around it."""
-        return not (self.calls and self.errors >= self.calls)
+        """False while it cools down, or once this run called it and it failed every call:
+        routing goes around it."""
+        return not self.cooling and not (self.calls and self.errors >= self.calls)
 
 
 @dataclass
@@ -59,6 +69,9 @@ class RoutingState:
     step_index: int
     experts: list[ExpertView]
     steps: list[Step] = field(default_factory=list)
+    """The run's recent steps, oldest first (each knows its ``index``): at most the run's
+    history window, which is at least the policy's ``history_window`` when it declares one.
+    Older steps are in the trace."""
     plan_step: PlanStep | None = None
     """The plan's next sub-step; None for an open task, where the policy picks the instruction."""
     top_k: int = 1
@@ -91,16 +104,31 @@ class RoutingState:
     def candidates(self) -> list[ExpertView]:
         """Experts this step may use: the plan step's restriction, minus unusable ones.
 
-        When every allowed expert has failed every call, all allowed experts come back: a
-        step is better sent to an expert that may have recovered than to nobody.
+        When every allowed expert has failed every call in this run, those not cooling down
+        come back: a step is better sent to an expert that may have recovered than to nobody.
+        A cooling expert never comes back (:meth:`require_available` fails the run instead).
         """
         allowed = self.allowed
         usable = [e for e in allowed if e.health.usable]
-        return usable or allowed
+        return usable or [e for e in allowed if not e.health.cooling]
+
+    @property
+    def cooling(self) -> dict[str, float]:
+        """Allowed experts cooling down in this process -> seconds until they may be called."""
+        return {e.name: e.health.cooling_s for e in self.allowed if e.health.cooling_s is not None}
+
+    def require_available(self) -> None:
+        """Raise :class:`~expertgraph.core.errors.NoExpertAvailable` when every expert the
+        step allows is cooling down: the run fails at once rather than wait or call them."""
+        allowed = self.allowed
+        cooling = self.cooling
+        if allowed and len(cooling) == len(allowed):
+            raise NoExpertAvailable(cooling)
 
     @property
     def routed_around(self) -> list[str]:
-        """Allowed experts left out of :attr:`candidates` because they failed every call."""
+        """Allowed experts left out of :attr:`candidates`: they failed every call of this run,
+        or are cooling down."""
         kept = {e.name for e in self.candidates}
         return [e.name for e in self.allowed if e.name not in kept]
 

@@ -62,6 +62,10 @@ class ExpertFailure(_Model):
     retryable: bool = False
 
 
+DEFAULT_MAX_REPLY_CHARS = 1_000_000
+"""The longest reply an expert returns by default (1 MB of text); longer ones are cut."""
+
+
 class Generation(_Model):
     """The result of one expert call."""
 
@@ -80,10 +84,20 @@ class Generation(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
     tool_calls: list[ToolCall] = Field(default_factory=list)
     """The calls the expert proposes instead of (or besides) text; in the order it gave."""
+    truncated: bool = False
+    """The reply was longer than the expert's ``max_reply_chars`` and was cut there."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def cut(self, max_chars: int) -> Generation:
+        """This generation with its text cut at ``max_chars`` (flagged, finish ``length``)."""
+        if len(self.text) <= max_chars:
+            return self
+        return self.model_copy(
+            update={"text": self.text[:max_chars], "truncated": True, "finish_reason": "length"}
+        )
 
     @property
     def usage(self) -> Usage:
@@ -105,6 +119,11 @@ class ExpertCard(_Model):
     cost_per_1k_output: float = Field(0.0, ge=0)
     context_limit: int | None = Field(None, gt=0)
     max_concurrency: int = Field(4, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    """Requests per minute this expert may take in this process (LiteLLM's ``rpm``); None: no
+    limit."""
+    tpm: int | None = Field(None, ge=1)
+    """Tokens (input + output) per minute this expert may use in this process (``tpm``)."""
     timeout_s: float = Field(60.0, gt=0)
     tools: bool = False
     """Whether the expert can call tools; a step that offers tools is never routed to one

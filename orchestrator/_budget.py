@@ -1,38 +1,95 @@
-"""Budget arithmetic of a run: token and cost estimates, what fits, time and calls left."""
+"""Budget arithmetic of a run: worst-case call costs, what fits, time and calls left.
+
+The cost of a call before it is made is its expert's :meth:`~expertgraph.agents.base.Expert.
+worst_case_cost` (its prompt and ``max_tokens`` of output, priced as its reply will be): the
+one rule, used to fit a step's experts, to count the calls a budget pays and to admit each
+call (:class:`~expertgraph.orchestrator._recorder.RunRecorder`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from expertgraph.core.tools import ToolSpec
-from expertgraph.core.types import ExpertCard, Message, Task, Usage
+from expertgraph.agents.base import Expert
+from expertgraph.core.protocols import ExpertLike
+from expertgraph.core.types import Message, Task, Usage
 
 DEFAULT_MAX_TOKENS = 256
-"""Output tokens a call is estimated at when its params set no ``max_tokens``."""
+"""Output tokens a call gets (and is priced at) under a cost budget when nothing sets
+``max_tokens``."""
+
+MIN_FIT_TOKENS = 16
+"""The fewest output tokens a call is lowered to so that it fits the budget; below, it is
+skipped."""
 
 _EPS = 1e-12  # float sums of estimates must not refuse a call that fits exactly
 
 
-def estimate_tokens(messages: list[Message]) -> int:
-    # About four characters a token for English; only used to stay inside a cost budget.
-    chars = sum(len(m.content) for m in messages)
-    chars += sum(len(c.name) + len(str(c.arguments)) for m in messages for c in m.tool_calls or [])
-    return chars // 4 + 4 * len(messages)
+def max_tokens_of(expert: ExpertLike, params: Mapping[str, Any]) -> int:
+    """The output tokens a call may produce: its ``max_tokens``, else the expert's default
+    params' (an API expert's), else :data:`DEFAULT_MAX_TOKENS`."""
+    own = getattr(expert, "params", None)
+    value = params.get("max_tokens") or (own.get("max_tokens") if isinstance(own, Mapping) else 0)
+    try:
+        return max(1, int(value or DEFAULT_MAX_TOKENS))
+    except (TypeError, ValueError):
+        return DEFAULT_MAX_TOKENS  # the expert refuses the call with its own message
 
 
-def estimate_cost(card: ExpertCard, messages: list[Message], params: Mapping[str, Any]) -> float:
-    """The most a call may cost: its prompt (and the tools it is offered), and ``max_tokens``
-    of output, priced by the card."""
-    max_tokens = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
-    tools = params.get("tools") or []
-    offered = sum(
-        len(json.dumps(t.openai() if isinstance(t, ToolSpec) else t, default=str)) for t in tools
-    )
-    return card.estimate_cost(estimate_tokens(messages) + offered // 4, max_tokens)
+def worst_case(
+    expert: ExpertLike, messages: list[Message], params: Mapping[str, Any], max_tokens: int
+) -> float:
+    """The most a call with ``max_tokens`` of output may cost (the expert's rule)."""
+    call = {**params, "max_tokens": max_tokens}
+    method = getattr(expert, "worst_case_cost", None)
+    if method is None:  # an expert-like object without the method: the base rule, by card
+        return float(Expert.worst_case_cost(expert, messages, call))  # type: ignore[arg-type]
+    return float(method(messages, call))
+
+
+def estimate_cost(expert: ExpertLike, messages: list[Message], params: Mapping[str, Any]) -> float:
+    """The most a call with these params may cost, at its full ``max_tokens``."""
+    return worst_case(expert, messages, params, max_tokens_of(expert, params))
+
+
+def least_cost(expert: ExpertLike, messages: list[Message], params: Mapping[str, Any]) -> float:
+    """The most a call may cost once lowered to the fewest output tokens it may get."""
+    limit = max_tokens_of(expert, params)
+    return worst_case(expert, messages, params, min(limit, MIN_FIT_TOKENS))
+
+
+def fit_tokens(
+    expert: ExpertLike, messages: list[Message], params: Mapping[str, Any], room: float
+) -> tuple[int | None, float]:
+    """The most output tokens (up to the call's own) whose worst case fits ``room``, and that
+    worst case; ``(None, least)`` when not even :data:`MIN_FIT_TOKENS` fit."""
+    limit = max_tokens_of(expert, params)
+    full = worst_case(expert, messages, params, limit)
+    if full <= room + _EPS:
+        return limit, full
+    low_tokens = min(limit, MIN_FIT_TOKENS)
+    low = worst_case(expert, messages, params, low_tokens)
+    if low > room + _EPS:
+        return None, low
+    # Prices are linear in output tokens: interpolate; bisect below should rounding disagree.
+    per_token = (full - low) / (limit - low_tokens)
+    guess = low_tokens + int((room - low) / per_token) if per_token > 0 else low_tokens
+    guess = max(low_tokens, min(limit - 1, guess))
+    cost = worst_case(expert, messages, params, guess)
+    if cost <= room + _EPS:
+        return guess, cost
+    lo, hi, best = low_tokens, guess - 1, (low_tokens, low)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        cost = worst_case(expert, messages, params, mid)
+        if cost <= room + _EPS:
+            lo, best = mid, (mid, cost)
+        else:
+            hi = mid - 1
+    return best
 
 
 def fits(max_cost: float | None, spent: float, estimate: float) -> bool:

@@ -7,6 +7,7 @@ the budget arithmetic lives in :mod:`expertgraph.orchestrator._budget`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import replace
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from langgraph.graph import END
 from langgraph.types import Send
 
-from expertgraph.core import AggregationContext, ExpertView, RoutingState
+from expertgraph.core import AggregationContext, ExpertView, RoutingState, next_instruction
 from expertgraph.core.protocols import refused
 from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import (
@@ -27,9 +28,15 @@ from expertgraph.core.types import (
     Step,
     StepResult,
     Task,
+    Usage,
 )
 from expertgraph.orchestrator import _budget
-from expertgraph.orchestrator._prompts import build_messages
+from expertgraph.orchestrator._prompts import (
+    HISTORY_WINDOW,
+    build_messages,
+    referenced_steps,
+    seen,
+)
 from expertgraph.orchestrator._recorder import RunRecorder
 from expertgraph.orchestrator.graph import CallPlan, GraphState
 from expertgraph.orchestrator.tools import Tool, offer_tools
@@ -73,12 +80,27 @@ def results_by_step(records: list[ToolRecord]) -> dict[int, list[str]]:
     return out
 
 
+def _note_health(meta: dict[str, Any], budget: list[str], cooling: Mapping[str, float]) -> None:
+    """Record in a route's or aggregate's meta what the cost ceiling did to the phase's calls
+    and which experts were cooling down (seconds left) when it was routed."""
+    if budget:
+        meta["budget"] = budget
+    if cooling:
+        meta["cooling"] = {name: round(s, 3) for name, s in cooling.items()}
+
+
 class Nodes:
     """The node bodies of one :class:`~expertgraph.orchestrator.graph.RunGraph`."""
 
-    def __init__(self, orch: Orchestrator, runs: dict[str, RunRecorder]) -> None:
+    def __init__(
+        self, orch: Orchestrator, runs: dict[str, RunRecorder], window: int | None = None
+    ) -> None:
         self.orch = orch
         self.runs = runs
+        declared = (getattr(x, "history_window", 0) or 0 for x in (orch.policy, orch.aggregator))
+        self.window: int = max(1, window or HISTORY_WINDOW, *declared)
+        """How many recent steps the state keeps: the most the prompts (``window``, default
+        :data:`HISTORY_WINDOW`), the policy and the aggregator (``history_window``) read."""
 
     # ---- runs ----------------------------------------------------------------------------
 
@@ -95,6 +117,7 @@ class Nodes:
             writer=self.orch.trace_store.writer(run_id),
             tools=runnable,
             tool_timeout_s=self.orch.tool_timeout_s,
+            experts=self.orch.experts,
         )
         self.runs[run_id] = recorder
         recorder.write(
@@ -123,7 +146,7 @@ class Nodes:
             recorder.close(
                 answer=state.get("answer"),
                 stop_reason=stop_reason,
-                steps=len(state.get("steps") or []),
+                steps=state.get("step_index", 0),
                 tool_calls=state.get("tool_calls") or [],
             )
 
@@ -141,7 +164,7 @@ class Nodes:
         }
 
     @staticmethod
-    def _tool_params(task: Task, steps: list[Step]) -> dict[str, Any]:
+    def _tool_params(task: Task, has_acted: bool) -> dict[str, Any]:
         """What a step offers every expert it calls: the task's tools and ``tool_choice``.
 
         A ``required`` or named choice holds until the run has acted once, then it is
@@ -149,7 +172,7 @@ class Nodes:
         """
         if not task.tools or task.tool_choice == "none":
             return {}
-        choice = task.tool_choice if not any(acted(s) for s in steps) else "auto"
+        choice = task.tool_choice if not has_acted else "auto"
         return {
             "tools": list(task.tools),
             "tool_choice": choice,
@@ -159,8 +182,12 @@ class Nodes:
     def _estimate(
         self, name: str, messages: list[Message], task: Task, extra: Mapping[str, Any] | None = None
     ) -> float:
+        if task.budget.max_cost is None:
+            return 0.0  # no ceiling: nothing to price (counting tokens is not free)
+        # A call is counted at the least it may be admitted at (the recorder lowers
+        # max_tokens to fit): a lowered call beats no call.
         params = self._params(name, task, extra)
-        return _budget.estimate_cost(self.orch.experts[name].card, messages, params)
+        return _budget.least_cost(self.orch.experts[name], messages, params)
 
     def _fit_cost(
         self,
@@ -233,8 +260,9 @@ class Nodes:
                 run_id=recorder.run_id,
                 step_index=0,
                 steps=[],
+                pinned={},
+                acted=False,
                 usage=recorder.usage,
-                round=0,
                 started_at=recorder.started_at,
                 answer=None,
                 stop_reason=None,
@@ -261,7 +289,11 @@ class Nodes:
             return {**update, **self._stop(state, recorder, reason)}
 
         plan_step = task.plan[index] if task.plan is not None else None
+        if recorder.overrun is not None:
+            return {**update, **self._stop(state, recorder, recorder.overrun)}
         routing_state = self._routing_state(recorder, index, steps, plan_step)
+        if next_instruction(routing_state) is not None:
+            routing_state.require_available()  # all cooling down: NoExpertAvailable, at once
         if routing_state.offers_tools and not routing_state.allowed:
             offered = ", ".join(s.name for s in task.tools or [])
             reason = f"no expert can call tools: the step offers {offered}"
@@ -282,6 +314,7 @@ class Nodes:
             return {**update, **self._stop(state, recorder, reason)}
         # What deciding cost (an LLM router's call) is the run's spend and budget.
         recorder.count(_budget.uncounted(decision.usage, caller.usage))
+        _note_health(decision.meta, recorder.take_notes(index), routing_state.cooling)
 
         if decision.action == "finish":
             recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
@@ -291,10 +324,11 @@ class Nodes:
             return {**update, **self._stop(state, recorder, reason, decision.answer)}
 
         instruction = decision.instruction or (plan_step.instruction if plan_step else task.text)
+        routing_state.require_available()
         decision = self._checked_decision(decision, routing_state)
         tool_results = results_by_step(state.get("tool_results") or [])
-        messages = build_messages(task, steps, instruction, tool_results)
-        tool_params = self._tool_params(task, steps)
+        messages = build_messages(task, steps, instruction, tool_results, state.get("pinned"))
+        tool_params = self._tool_params(task, bool(state.get("acted")))
         chosen, dropped = self._fit_cost(decision.experts, messages, recorder, tool_params)
         if dropped:
             decision.meta["dropped_for_cost"] = dropped
@@ -307,21 +341,35 @@ class Nodes:
             )
             return {**update, **self._stop(state, recorder, reason)}
         decision = decision.model_copy(update={"instruction": instruction, "experts": chosen})
-        recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+        # Built from already-valid objects: no validation on the hot path (also below).
+        recorder.write(
+            RouteRecord.model_construct(run_id=recorder.run_id, step=index, decision=decision)
+        )
         calls: list[CallPlan] = [{"expert": name, "sample": 0, "params": {}} for name in chosen]
-        return {
-            **update,
-            "decision": decision,
-            "instruction": instruction,
-            "messages": messages,
-            "tool_params": tool_params,
-            "plan_step": plan_step,
-            "calls": calls,
-            "candidates": None,
-            "round": 0,
-            "step_notes": [],
-            "usage": recorder.usage,
-        }
+        update.update(
+            decision=decision,
+            instruction=instruction,
+            messages=messages,
+            tool_params=tool_params,
+            plan_step=plan_step,
+        )
+        if len(calls) == 1:
+            # The fast path: one call needs no fan-out; it is made here. Without a
+            # checkpointer the step is aggregated here too: one superstep per step. A
+            # checkpointed run saves the routed call before its vote (route -> aggregate).
+            generation = await self._candidate(
+                recorder, index, instruction, messages, tool_params, calls[0]
+            )
+            got = [generation] if generation else []
+            if self.orch.checkpointer is None:
+                done = await self._aggregate({**state, **update, "candidates": got})  # type: ignore[typeddict-item]
+                # decision None: the step is over (after_route goes on to the next one)
+                return {**update, **done, "calls": [], "decision": None}
+            update.update(calls=[], candidates=got)
+        else:
+            update.update(calls=calls, candidates=None)
+        update["usage"] = recorder.usage
+        return update
 
     @staticmethod
     def _checked_decision(decision: Decision, state: RoutingState) -> Decision:
@@ -343,7 +391,9 @@ class Nodes:
             # Cheap: one record and a close; the store indexes and exports in the background.
             self.close_run(state, state["stop_reason"] or "")
             return END
-        return self.sends(state)
+        if state.get("calls"):
+            return self.sends(state)
+        return "aggregate" if state.get("decision") is not None else self.after_step(state)
 
     @staticmethod
     def sends(state: GraphState) -> list[Send]:
@@ -365,23 +415,39 @@ class Nodes:
     # ---- call ----------------------------------------------------------------------------
 
     async def call(self, payload: dict[str, Any]) -> dict[str, Any]:
-        recorder = self.runs[payload["run_id"]]
-        plan: CallPlan = payload["call"]
+        generation = await self._candidate(
+            self.runs[payload["run_id"]],
+            payload["step_index"],
+            payload["instruction"],
+            payload["messages"],
+            payload.get("tool_params") or {},
+            payload["call"],
+        )
+        return {"candidates": [generation] if generation else []}
+
+    async def _candidate(
+        self,
+        recorder: RunRecorder,
+        step: int,
+        instruction: str,
+        messages: list[Message],
+        tool_params: Mapping[str, Any],
+        plan: CallPlan,
+    ) -> Generation | None:
+        """One candidate call of a step; None when the budget refused it."""
         expert = self.orch.experts[plan["expert"]]
         generation = await recorder.call(
             expert,
-            payload["messages"],
+            messages,
             role="candidate",
-            step=payload["step_index"],
-            instruction=payload["instruction"],
+            step=step,
+            instruction=instruction,
             sample=plan["sample"],
-            **self._params(
-                expert.name, recorder.task, {**payload.get("tool_params", {}), **plan["params"]}
-            ),
+            **self._params(expert.name, recorder.task, {**tool_params, **plan["params"]}),
         )
-        # The route fitted this call in the budget with the same estimate, so a refusal is an
-        # overrun of calls in flight: the call was not made and is no candidate.
-        return {"candidates": [] if refused(generation) else [generation]}
+        # The call was fitted in the budget with the same estimate, so a refusal is an overrun
+        # of calls in flight: the call was not made and is no candidate.
+        return None if refused(generation) else generation
 
     # ---- aggregate -----------------------------------------------------------------------
 
@@ -390,6 +456,10 @@ class Nodes:
     ) -> int:
         """Calls the step may still make: its call limit, the deadline, and the cost budget
         paid at the price of the cheapest expert the step may use."""
+        if recorder.task.budget.max_cost is None:  # no price to pay: only the call limit counts
+            return _budget.calls_left(
+                recorder.task, len(candidates), recorder.usage, None, recorder.started_at
+            )
         steps = state.get("steps") or []
         routing = self._routing_state(recorder, state["step_index"], steps, state.get("plan_step"))
         extra = state.get("tool_params")
@@ -406,12 +476,16 @@ class Nodes:
         )
 
     async def aggregate(self, state: GraphState) -> dict[str, Any]:
+        return await self._aggregate(state)
+
+    async def _aggregate(self, state: GraphState) -> dict[str, Any]:
+        """Vote on the step's candidates, drawing what the aggregator asks for; end the step."""
         recorder = self.runs[state["run_id"]]
         task = recorder.task
         index = state["step_index"]
         decision = state["decision"]
         assert decision is not None
-        candidates = state.get("candidates") or []
+        candidates = [*(state.get("candidates") or []), *recorder.recovered.pop(index, [])]
         plan_step = state.get("plan_step")
         answer_format = (
             plan_step.answer_format if plan_step and plan_step.answer_format else task.answer_format
@@ -422,55 +496,61 @@ class Nodes:
         choice = (state.get("tool_params") or {}).get("tool_choice", task.tool_choice)
         if choice != task.tool_choice:
             task = task.model_copy(update={"tool_choice": choice})
-        context = AggregationContext(
-            task=task,
-            instruction=state["instruction"],
-            answer_format=answer_format,
-            scores=dict(decision.scores),
-            order=order,
-            calls_left=self._calls_left(recorder, state, candidates),
-            round=state.get("round", 0),
-            step=index,
-            call=caller,
-        )
-        try:
-            result = await self.orch.aggregator.acombine(candidates, context)
-        except Exception as exc:  # noqa: BLE001 - a broken aggregator fails the step, not the run
-            result = StepResult(
-                aggregator=self.orch.aggregator.name,
-                stop_reason=f"aggregator failed: {type(exc).__name__}: {exc}",
+        notes: list[str] = []
+        round_ = 0
+        while True:
+            context = AggregationContext(
+                task=task,
+                instruction=state["instruction"],
+                answer_format=answer_format,
+                scores=dict(decision.scores),
+                order=order,
+                calls_left=self._calls_left(recorder, state, candidates),
+                round=round_,
+                step=index,
+                call=caller,
             )
-        recorder.count(_budget.uncounted(result.usage, caller.usage), index)
-        more = result.more
-        if more is None and result.failed:
-            more = self._fallback_request(candidates, order, plan_step, recorder)
-        if more is not None:
-            extra = self._extra_calls(more, candidates, recorder, state)
-            if extra:
-                return {
-                    "step_notes": [*(state.get("step_notes") or []), more.reason],
-                    "calls": extra,
-                    "round": state.get("round", 0) + 1,
-                    "candidates": [],
-                    "usage": recorder.usage,
-                }
-            stop_reason = (result.stop_reason + "; no budget for more samples").lstrip("; ")
-            result = result.model_copy(update={"stop_reason": stop_reason})
-        result = result.model_copy(update={"more": None})
-        if state.get("step_notes"):
-            result.meta["requests"] = list(state["step_notes"])
+            try:
+                result = await self.orch.aggregator.acombine(candidates, context)
+            except Exception as exc:  # noqa: BLE001 - a broken aggregator fails the step only
+                result = StepResult(
+                    aggregator=self.orch.aggregator.name,
+                    stop_reason=f"aggregator failed: {type(exc).__name__}: {exc}",
+                )
+            recorder.count(_budget.uncounted(result.usage, caller.usage), index)
+            caller.usage = Usage()
+            more = result.more
+            if more is None and result.failed:
+                more = self._fallback_request(candidates, order, plan_step, recorder)
+            if more is None:
+                break
+            drawn = await self._draw(more, candidates, recorder, state)
+            if drawn is None:
+                stop_reason = (result.stop_reason + "; no budget for more samples").lstrip("; ")
+                result = result.model_copy(update={"stop_reason": stop_reason})
+                break
+            notes.append(more.reason)
+            candidates = [*candidates, *drawn]
+            round_ += 1
+        if result.more is not None:
+            result = result.model_copy(update={"more": None})
+        if notes:
+            result.meta["requests"] = notes
         result.extra_calls = max(result.extra_calls, len(candidates) - len(decision.experts))
-        step = Step(
+        step = Step.model_construct(
             index=index,
             instruction=state["instruction"],
             decision=decision,
             generations=list(candidates),
             result=result,
-            usage=recorder.step_usage(index),
+            usage=recorder.end_step(index),
         )
-        recorder.write(AggregateRecord(run_id=recorder.run_id, step=index, result=result))
+        _note_health(result.meta, recorder.take_notes(index), {})
         recorder.write(
-            StepEnd(
+            AggregateRecord.model_construct(run_id=recorder.run_id, step=index, result=result)
+        )
+        recorder.write(
+            StepEnd.model_construct(
                 run_id=recorder.run_id,
                 step=index,
                 instruction=step.instruction,
@@ -478,17 +558,42 @@ class Nodes:
                 usage=step.usage,
             )
         )
+        recorder.steps.append(step)
         return {
-            "steps": [*(state.get("steps") or []), step],
+            **self._window(state, recorder, step),
             "step_index": index + 1,
             "usage": recorder.usage,
-            "calls": [],
-            "round": 0,
+            "candidates": None,  # the step's are in its Step: a small checkpoint
         }
 
+    def _window(self, state: GraphState, recorder: RunRecorder, step: Step) -> dict[str, Any]:
+        """The state's history after ``step``: the last :attr:`window` steps, what older steps
+        the plan names answered, whether the run has acted, the window's tool results."""
+        kept = [*(state.get("steps") or []), step]
+        update: dict[str, Any] = {}
+        if len(kept) > self.window:
+            gone, kept = kept[: -self.window], kept[-self.window :]
+            if recorder.named is None:
+                recorder.named = referenced_steps(recorder.task)
+            pin = {s.index: seen(s) for s in gone if s.index in recorder.named}
+            if pin:
+                update["pinned"] = {**(state.get("pinned") or {}), **pin}
+            results = state.get("tool_results")
+            if results and results[0].step < kept[0].index:
+                update["tool_results"] = [r for r in results if r.step >= kept[0].index]
+        update["steps"] = kept
+        if acted(step) and not state.get("acted"):
+            update["acted"] = True
+        return update
+
     def _allowed(self, recorder: RunRecorder, plan_step: PlanStep | None) -> set[str]:
-        """Experts the step may use at all (the routing state's rule: plan step, tools)."""
-        return {v.name for v in self._routing_state(recorder, 0, [], plan_step).allowed}
+        """Experts the step may use at all (the routing state's rule: plan step, tools; health
+        plays no part in it, so the views need none)."""
+        views = [
+            ExpertView(name=e.name, card=e.card, kind=e.kind) for e in self.orch.experts.values()
+        ]
+        state = RoutingState(task=recorder.task, step_index=0, experts=views, plan_step=plan_step)
+        return {v.name for v in state.allowed}
 
     def _fallback_request(
         self,
@@ -510,6 +615,36 @@ class Nodes:
                 experts=[name], reason=f"no usable answer from {failed}; routing around to {name}"
             )
         return None
+
+    async def _draw(
+        self,
+        more: SampleRequest,
+        candidates: list[Generation],
+        recorder: RunRecorder,
+        state: GraphState,
+    ) -> list[Generation] | None:
+        """Make the extra calls ``more`` asks for, concurrently, within this node (no graph
+        superstep); None when the step's limits allow none of them (or the budget refused
+        every one). A checkpointed run writes each round's records out, so a kill while
+        drawing redoes at most the draws in flight (see ``RunGraph.reopen_run``)."""
+        plans = self._extra_calls(more, candidates, recorder, state)
+        if not plans:
+            return None
+        args = (
+            recorder,
+            state["step_index"],
+            state["instruction"],
+            state["messages"],
+            state.get("tool_params") or {},
+        )
+        if len(plans) == 1:
+            drawn = [await self._candidate(*args, plans[0])]
+        else:
+            drawn = await asyncio.gather(*(self._candidate(*args, p) for p in plans))
+        if self.orch.checkpointer is not None:
+            recorder.writer.flush()
+        made = [g for g in drawn if g is not None]
+        return made or None
 
     def _extra_calls(
         self,
@@ -536,11 +671,13 @@ class Nodes:
         return plans
 
     @staticmethod
-    async def after_aggregate(state: GraphState) -> Any:
-        if state.get("round", 0) > 0 and state.get("calls"):
-            return Nodes.sends(state)
+    def after_step(state: GraphState) -> str:
         steps = state.get("steps") or []
         return "act" if steps and acted(steps[-1]) else "route"
+
+    @staticmethod
+    async def after_aggregate(state: GraphState) -> Any:
+        return Nodes.after_step(state)
 
     # ---- act -----------------------------------------------------------------------------
 
@@ -555,6 +692,7 @@ class Nodes:
         if any(c.name in offered and c.name not in recorder.tools for c in calls):
             return {**self._stop(state, recorder, FOR_CALLER), "tool_calls": calls}
         records = [await recorder.act(c, step=step.index, index=i) for i, c in enumerate(calls)]
+        # Only the window's steps' results: older steps are no longer in the messages.
         return {
             "tool_results": [*(state.get("tool_results") or []), *records],
             "usage": recorder.usage,

@@ -1,6 +1,14 @@
 """The LangGraph state machine: route -> dispatch (Send fan-out) -> aggregate -> [act ->] route
 ... -> END. A step whose vote chose tool calls goes through ``act``, which executes them (or
-ends the run on them, for a caller to execute).
+ends the run on them, for a caller to execute). A step routed to one expert skips the fan-out:
+``route`` makes the call itself, and without a checkpointer votes on it too (one superstep per
+step; a checkpointed run goes route -> aggregate, so its routed call is saved before the vote).
+``aggregate`` draws the extra samples an aggregator asks for itself, concurrently, so they cost
+no graph supersteps.
+
+The state is bounded: it keeps the run's last ``history_window`` steps (what the policy, the
+aggregator and the prompts read), running totals and the current step, so a step costs the
+same time and memory at step 10 as at step 1,000,000. Every step is in the trace.
 
 This module is the wiring and the state types; the node bodies are in
 :mod:`expertgraph.orchestrator._nodes`, each run's calls and trace in its
@@ -9,11 +17,14 @@ This module is the wiring and the state types; the node bodies are in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 
+from expertgraph.core.errors import CheckpointError
 from expertgraph.core.tools import ToolCall
 from expertgraph.core.types import (
     Decision,
@@ -25,7 +36,9 @@ from expertgraph.core.types import (
     Usage,
 )
 from expertgraph.orchestrator._recorder import RunRecorder
-from expertgraph.traces.schema import ToolRecord
+from expertgraph.orchestrator.tools import offer_tools
+from expertgraph.traces.schema import CallRecord, ToolRecord, TraceRecord
+from expertgraph.traces.store import TraceWriter, load_run
 
 if TYPE_CHECKING:
     from expertgraph.orchestrator._nodes import Nodes
@@ -36,7 +49,7 @@ if TYPE_CHECKING:
 def _merge_candidates(
     left: list[Generation] | None, right: list[Generation] | None
 ) -> list[Generation]:
-    """Reducer: parallel calls append; ``None`` clears the list for a new step."""
+    """Reducer: parallel calls append; ``None`` clears the list (a step's end)."""
     if right is None:
         return []
     return [*(left or []), *right]
@@ -54,7 +67,13 @@ class GraphState(TypedDict, total=False):
     task: Task
     run_id: str
     step_index: int
+    """How many steps the run has finished (the index of the one in progress)."""
     steps: list[Step]
+    """The run's last steps, at most its history window (older ones are in the trace)."""
+    pinned: dict[int, str]
+    """What older steps that later plan steps name as ``{stepN}`` answered (by index)."""
+    acted: bool
+    """Whether a step of the run has acted (its vote chose tool calls)."""
     decision: Decision | None
     instruction: str
     messages: list[Message]
@@ -64,15 +83,13 @@ class GraphState(TypedDict, total=False):
     plan_step: PlanStep | None
     calls: list[CallPlan]
     candidates: Annotated[list[Generation], _merge_candidates]
-    round: int
-    step_notes: list[str]
     usage: Usage
     """What the run spent so far (its recorder's count, copied out after each node)."""
     answer: str | None
     stop_reason: str | None
     started_at: float
     tool_results: list[ToolRecord]
-    """Every tool call the run executed so far; the next steps' messages carry the results."""
+    """The tool calls of the steps in the window; the next steps' messages carry the results."""
     tool_calls: list[ToolCall]
     """The action the run ended on, for its caller to execute (``RunResult.tool_calls``)."""
 
@@ -80,7 +97,7 @@ class GraphState(TypedDict, total=False):
 class RunGraph:
     """Builds and runs the graph for an :class:`Orchestrator`."""
 
-    def __init__(self, orch: Orchestrator) -> None:
+    def __init__(self, orch: Orchestrator, history_window: int | None = None) -> None:
         # Live runs by id. Entries are created on the first route of a run and removed when
         # the run ends, so the compiled graph can also run as a subgraph of a user's graph.
         self._runs: dict[str, RunRecorder] = {}
@@ -88,27 +105,46 @@ class RunGraph:
         # LangGraph resolves to infer each node's input.
         from expertgraph.orchestrator._nodes import Nodes
 
-        self.nodes: Nodes = Nodes(orch, self._runs)
+        self.nodes: Nodes = Nodes(orch, self._runs, history_window)
         self.compiled = self._build()
 
     def _build(self) -> Any:
         nodes = self.nodes
         graph = StateGraph(GraphState)
-        graph.add_node("route", nodes.route)
-        graph.add_node("call", nodes.call)
-        graph.add_node("aggregate", nodes.aggregate)
-        graph.add_node("act", nodes.act)
+        graph.add_node("route", self._flushed(nodes.route))
+        graph.add_node("call", self._flushed(nodes.call))
+        graph.add_node("aggregate", self._flushed(nodes.aggregate))
+        graph.add_node("act", self._flushed(nodes.act))
         graph.add_edge(START, "route")
-        graph.add_conditional_edges("route", nodes.after_route, ["call", END])
+        graph.add_conditional_edges(
+            "route", nodes.after_route, ["call", "aggregate", "act", "route", END]
+        )
         graph.add_edge("call", "aggregate")
-        graph.add_conditional_edges("aggregate", nodes.after_aggregate, ["call", "act", "route"])
+        graph.add_conditional_edges("aggregate", nodes.after_aggregate, ["act", "route"])
         graph.add_conditional_edges("act", nodes.after_act, ["route", END])
         return graph.compile()
 
+    def _flushed(self, node: Callable[[Any], Awaitable[dict[str, Any]]]) -> Any:
+        """``node``, followed (when runs are checkpointed) by writing out its trace records.
+
+        The trace writer buffers a step's records; a checkpointed run writes them before
+        LangGraph saves the node's result, so a run resumed from that checkpoint has them.
+        """
+
+        @functools.wraps(node)
+        async def run(state: Any) -> dict[str, Any]:
+            update = await node(state)
+            if self.nodes.orch.checkpointer is not None:
+                recorder = self._runs.get((update or {}).get("run_id") or state.get("run_id"))
+                if recorder is not None:
+                    recorder.writer.flush()
+            return update
+
+        return run
+
     @staticmethod
     def recursion_limit(task: Task) -> int:
-        per_step = 4 + 2 * task.budget.max_calls_per_step
-        return task.max_steps * per_step + 10
+        return task.max_steps * 4 + 10  # route, call, aggregate, act
 
     def open_run(
         self, task: Task, run_id: str | None = None, tools: Mapping[str, Tool] | None = None
@@ -118,3 +154,102 @@ class RunGraph:
 
     def close_run(self, state: Mapping[str, Any], stop_reason: str) -> None:
         self.nodes.close_run(state, stop_reason)
+
+    def with_checkpointer(self, saver: BaseCheckpointSaver) -> Any:
+        """The compiled graph saving to ``saver`` (:attr:`compiled` itself has none, so it
+        inherits its parent's when it runs as a subgraph)."""
+        return self.compiled.copy({"checkpointer": saver})
+
+    def reopen_run(
+        self,
+        state: Mapping[str, Any],
+        tools: Mapping[str, Tool] | None = None,
+        *,
+        in_step: bool = False,
+    ) -> RunRecorder:
+        """The recorder of a run resumed from its checkpointed ``state``: its trace is appended
+        to, and its spend and health are rebuilt from that trace. ``in_step``: the run stopped
+        between a step's route and its vote, so ``state``'s candidates are that step's."""
+        orch = self.nodes.orch
+        run_id = state["run_id"]
+        path = orch.trace_store.path_for(run_id)
+        if not path.is_file():
+            raise CheckpointError(
+                f"run {run_id!r} has a checkpoint but no trace at {path} "
+                "(resume with the trace directory the run was started with)"
+            )
+        trace = load_run(path)
+        started_with = [e.name for e in trace.start.experts]
+        if sorted(started_with) != sorted(orch.experts):
+            raise CheckpointError(
+                f"run {run_id!r} was started with experts {', '.join(started_with)}; "
+                f"this configuration has {', '.join(orch.experts)}: resume it with the same ones"
+            )
+        task, runnable = offer_tools(state["task"], orch.tools if tools is None else tools)
+        writer = orch.trace_store.writer(run_id)
+        records = list(trace.records)
+        recovered: list[Generation] = []
+        if in_step:
+            records += self._record_saved_candidates(state, records, writer)
+            recovered = self._drawn_before_the_kill(state, records)
+        recorder = RunRecorder.reopen(
+            records,
+            run_id=run_id,
+            task=task,
+            writer=writer,
+            started_at=state["started_at"],
+            tools=runnable,
+            tool_timeout_s=orch.tool_timeout_s,
+            experts=orch.experts,
+        )
+        recorder.forget_before(state["step_index"])
+        if recovered:
+            recorder.recovered[state["step_index"]] = recovered
+        recorder.steps.extend(s for s in trace.iter_steps() if s.index < state["step_index"])
+        self._runs[run_id] = recorder
+        return recorder
+
+    @staticmethod
+    def _drawn_before_the_kill(
+        state: Mapping[str, Any], records: list[TraceRecord]
+    ) -> list[Generation]:
+        """Candidates of the step in progress that its trace has and its checkpoint lacks: the
+        aggregate node's extra draws that finished before the kill."""
+        step = state["step_index"]
+        saved = {(g.expert, g.sample) for g in state.get("candidates") or []}
+        return [
+            r.generation
+            for r in records
+            if isinstance(r, CallRecord)
+            and r.role == "candidate"
+            and r.step == step
+            and (r.generation.expert, r.generation.sample) not in saved
+        ]
+
+    @staticmethod
+    def _record_saved_candidates(
+        state: Mapping[str, Any], records: list[TraceRecord], writer: TraceWriter
+    ) -> list[CallRecord]:
+        """Write the call records of candidates the checkpoint saved but the trace lacks (a
+        ``decisions`` trace holds a step's records until its vote), so the trace has every
+        candidate of the step once and the rebuilt spend counts them."""
+        step = state["step_index"]
+        seen = {
+            (r.generation.expert, r.generation.sample)
+            for r in records
+            if isinstance(r, CallRecord) and r.role == "candidate" and r.step == step
+        }
+        written: list[CallRecord] = []
+        for generation in state.get("candidates") or []:
+            if (generation.expert, generation.sample) in seen:
+                continue
+            record = CallRecord(
+                run_id=state["run_id"],
+                step=step,
+                instruction=state.get("instruction") or "",
+                generation=generation,
+                role="candidate",
+            )
+            writer.write(record)
+            written.append(record)
+        return written

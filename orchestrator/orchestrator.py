@@ -6,20 +6,39 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expertgraph.agents.base import Expert
 from expertgraph.core import Aggregator, Policy
 from expertgraph.core._sync import run_sync
-from expertgraph.core.errors import ConfigError
-from expertgraph.core.types import Budget, RunResult, Task, Usage
-from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config
+from expertgraph.core.errors import CheckpointError, ConfigError
+from expertgraph.core.types import Budget, RunResult, Step, Task, Usage
+from expertgraph.orchestrator._checkpoint import (
+    Checkpointer,
+    Durability,
+    describe,
+    inside_a_graph,
+    is_postgres,
+    open_saver,
+    thread,
+)
+from expertgraph.orchestrator._recorder import RESULT_STEPS, RunRecorder
+from expertgraph.orchestrator.config.schema import (
+    ExpertGraphConfig,
+    check_call_params,
+    load_config,
+)
 from expertgraph.orchestrator.graph import GraphState, RunGraph
 from expertgraph.orchestrator.tools import DEFAULT_TOOL_TIMEOUT_S, Tool, as_tools
-from expertgraph.traces.store import TraceStore
+from expertgraph.traces.store import TraceStore, load_run
+
+if TYPE_CHECKING:
+    from expertgraph.orchestrator._batch import BatchReport, BatchResult, BatchTask
 
 TaskLike = Task | str | Mapping[str, Any]
 ToolLike = Tool | Callable[..., Any]
@@ -37,6 +56,30 @@ class RunEvent:
     result: RunResult | None = None
 
 
+@dataclass
+class _Start:
+    """A run ready to go: the graph to invoke, its input (None: resume from the checkpoint),
+    its LangGraph config, the state so far, and whether the run already ended."""
+
+    graph: Any
+    input: GraphState | None
+    config: dict[str, Any]
+    state: dict[str, Any]
+    run_id: str
+    done: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keywords of ``ainvoke``/``astream`` (the durability mode when checkpointed)."""
+    recorder: RunRecorder | None = None
+    """The run's recorder (it keeps the steps for the result); None for a run that had ended."""
+
+
+def _fused_step(node: str, update: Mapping[str, Any]) -> Step | None:
+    """The step a ``route`` update finished (routed, called and voted in one node), if any."""
+    if node != "route" or update.get("decision", "") is not None or not update.get("steps"):
+        return None
+    return None if update.get("stop_reason") is not None else update["steps"][-1]
+
+
 class Orchestrator:
     """Runs tasks through the route -> dispatch -> aggregate graph.
 
@@ -50,6 +93,17 @@ class Orchestrator:
     ``arun(task, tools=...)`` gives one run other tools. A task that names its own ``tools``
     offers those; a call of one the run has no callable for ends the run with
     ``RunResult.tool_calls``, for the caller to execute.
+
+    ``checkpointer`` makes runs durable: a LangGraph saver, a SQLite file path or a
+    PostgreSQL DSN (``postgresql://...``). Each superstep (and each finished expert call) is
+    saved to the run's thread (its run id), so ``arun(run_id=..., resume=True)`` continues a
+    killed run without calling an expert again for work already answered. ``durability`` is
+    LangGraph's mode; ``sync`` (the default) saves each superstep before the next starts.
+
+    The graph's state keeps only the last ``history_window`` steps (default
+    :data:`~expertgraph.orchestrator._prompts.HISTORY_WINDOW`, or more when the policy or the
+    aggregator declares a larger ``history_window``), so long runs stay flat in time and
+    memory; ``RunResult.steps`` holds up to the last 1,000 steps, the trace every step.
     """
 
     def __init__(
@@ -69,6 +123,9 @@ class Orchestrator:
         config_snapshot: dict[str, Any] | None = None,
         tools: Sequence[ToolLike] = (),
         tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S,
+        checkpointer: Checkpointer | None = None,
+        durability: Durability = "sync",
+        history_window: int | None = None,
     ) -> None:
         if not experts:
             raise ConfigError("an orchestrator needs at least one expert", field="experts")
@@ -82,6 +139,8 @@ class Orchestrator:
 
             policy = EmbeddingRouter()
         if aggregator is None:
+            aggregator = policy.paired_aggregator
+        if aggregator is None:
             from expertgraph.policies.aggregation.voting import MajorityVote
 
             aggregator = MajorityVote()
@@ -94,10 +153,13 @@ class Orchestrator:
         trace_dir = Path(trace_dir).expanduser().resolve()
         # trace_options: TraceStore keywords (capture_content, redact, index, otel_endpoint...).
         self.trace_store = TraceStore(trace_dir, fsync=fsync, **dict(trace_options or {}))
-        self.default_params: dict[str, Any] = dict(
-            defaults or {"max_tokens": 128, "temperature": 0}
+        self.default_params: dict[str, Any] = check_call_params(
+            defaults or {"max_tokens": 128, "temperature": 0}, "defaults"
         )
-        self.expert_params = {k: dict(v) for k, v in (expert_params or {}).items()}
+        self.expert_params = {
+            k: check_call_params(v, f"expert_params[{k!r}]")
+            for k, v in (expert_params or {}).items()
+        }
         unknown = sorted(set(self.expert_params) - set(self.experts))
         if unknown:
             raise ConfigError(f"params given for unknown experts {unknown}", field="expert_params")
@@ -105,13 +167,20 @@ class Orchestrator:
             raise ConfigError("tool_timeout_s must be > 0", field="tool_timeout_s")
         self.tools: dict[str, Tool] = as_tools(tools)
         self.tool_timeout_s = float(tool_timeout_s)
+        if isinstance(checkpointer, (str, Path)) and not is_postgres(str(checkpointer)):
+            # Absolute, like the trace directory: a later cwd must not move the checkpoints.
+            checkpointer = Path(checkpointer).expanduser().resolve()
+        self.checkpointer = checkpointer
+        self.durability: Durability = durability
         self.config_snapshot = config_snapshot or {
             "experts": names,
             "policy": policy.name,
             "aggregator": aggregator.name,
             "top_k": top_k,
         }
-        self._graph = RunGraph(self)
+        if history_window is not None and history_window < 1:
+            raise ConfigError("history_window must be >= 1", field="history_window")
+        self._graph = RunGraph(self, history_window)
 
     # ---- construction ----------------------------------------------------------------------
 
@@ -154,15 +223,16 @@ class Orchestrator:
 
     def _initial_state(
         self, task: Task, run_id: str | None, tools: Sequence[ToolLike] | None
-    ) -> tuple[GraphState, dict[str, Any]]:
+    ) -> tuple[GraphState, dict[str, Any], RunRecorder]:
         ctx = self._graph.open_run(task, run_id, None if tools is None else as_tools(tools))
         state: GraphState = {
             "task": ctx.task,
             "run_id": ctx.run_id,
             "step_index": 0,
             "steps": [],
+            "pinned": {},
+            "acted": False,
             "usage": Usage(),
-            "round": 0,
             "started_at": ctx.started_at,
             "answer": None,
             "stop_reason": None,
@@ -170,15 +240,24 @@ class Orchestrator:
             "tool_calls": [],
         }
         config = {"recursion_limit": self._graph.recursion_limit(task)}
-        return state, config
+        return state, config, ctx
 
-    def _result(self, state: Mapping[str, Any], started: float) -> RunResult:
+    def _result(
+        self, state: Mapping[str, Any], started: float, recorder: RunRecorder | None
+    ) -> RunResult:
+        """The run's result; its steps are the recorder's (the last ``RESULT_STEPS``), or,
+        for a run that had ended before a resume, read back from its trace."""
         run_id = state["run_id"]
+        if recorder is not None:
+            steps = list(recorder.steps)
+        else:
+            trace = load_run(self.trace_store.path_for(run_id))
+            steps = list(deque(trace.iter_steps(), maxlen=RESULT_STEPS))
         return RunResult(
             run_id=run_id,
             task=state["task"],
             answer=state.get("answer"),
-            steps=list(state.get("steps") or []),
+            steps=steps,
             usage=state.get("usage") or Usage(),
             stop_reason=state.get("stop_reason") or "",
             trace_path=str(self.trace_store.path_for(run_id)),
@@ -186,76 +265,201 @@ class Orchestrator:
             tool_calls=list(state.get("tool_calls") or []),
         )
 
+    @asynccontextmanager
+    async def _start(
+        self,
+        task: TaskLike | None,
+        run_id: str | None,
+        tools: Sequence[ToolLike] | None,
+        resume: bool,
+    ) -> AsyncIterator[_Start]:
+        """Open the run's checkpointer (if any) and prepare a new or a resumed run."""
+        if not resume and task is None:
+            raise ConfigError("a run needs a task (or resume=True with the run_id)", field="task")
+        if resume and (self.checkpointer is None or not run_id):
+            raise CheckpointError(
+                "resuming needs a checkpointer (config: checkpoint) and the run_id"
+                if self.checkpointer is None
+                else "resuming needs the run_id of the run to continue"
+            )
+        # Inside a parent graph's node the parent's checkpointer saves the run (a subgraph).
+        checkpointer = self.checkpointer if resume or not inside_a_graph() else None
+        opened = nullcontext(None) if checkpointer is None else open_saver(checkpointer)
+        async with opened as saver:
+            graph = self.graph if saver is None else self._graph.with_checkpointer(saver)
+            options = {} if saver is None else {"durability": self.durability}
+            if resume:
+                assert run_id is not None
+                yield await self._resumed(graph, saver, task, run_id, tools, options)
+                return
+            task = self.as_task(task)  # type: ignore[arg-type]
+            if saver is not None and run_id and await saver.aget_tuple(thread(run_id)):
+                raise CheckpointError(
+                    f"run {run_id!r} already has a checkpoint in {describe(self.checkpointer)}: "
+                    "resume it (resume=True, expertgraph run --resume) or use a new run id"
+                )
+            state, config, recorder = self._initial_state(task, run_id, tools)
+            if saver is not None:
+                config.update(thread(state["run_id"]))
+            yield _Start(
+                graph,
+                state,
+                config,
+                dict(state),
+                state["run_id"],
+                options=options,
+                recorder=recorder,
+            )
+
+    async def _resumed(
+        self,
+        graph: Any,
+        saver: Any,
+        task: TaskLike | None,
+        run_id: str,
+        tools: Sequence[ToolLike] | None,
+        options: dict[str, Any],
+    ) -> _Start:
+        config: dict[str, Any] = thread(run_id)
+        snapshot = await graph.aget_state(config)
+        state = dict(snapshot.values or {})
+        if not state.get("run_id") and snapshot.next:
+            # Killed right after its input was saved: the input is not in the state yet.
+            saved = await saver.aget_tuple(config)
+            state = dict(saved.checkpoint["channel_values"].get("__start__") or {})
+        if not state.get("run_id"):
+            raise CheckpointError(
+                f"no checkpoint of run {run_id!r} in {describe(self.checkpointer)}"
+            )
+        if task is not None:
+            given = self.as_task(task).model_dump(include={"prompt", "messages", "plan"})
+            if given != state["task"].model_dump(include={"prompt", "messages", "plan"}):
+                raise CheckpointError(f"run {run_id!r} was started with another task")
+        config["recursion_limit"] = self._graph.recursion_limit(state["task"])
+        if not snapshot.next:  # the run had ended: nothing to do again
+            return _Start(graph, None, config, state, run_id, done=True, options=options)
+        in_step = bool({"call", "aggregate"} & set(snapshot.next))
+        tools_ = None if tools is None else as_tools(tools)
+        recorder = self._graph.reopen_run(state, tools_, in_step=in_step)
+        return _Start(graph, None, config, state, run_id, options=options, recorder=recorder)
+
     async def arun(
         self,
-        task: TaskLike,
+        task: TaskLike | None = None,
         *,
         run_id: str | None = None,
         tools: Sequence[ToolLike] | None = None,
+        resume: bool = False,
     ) -> RunResult:
         """Run a task to the end and return its result; the trace is written as it goes.
 
-        ``tools``: this run's tools instead of the orchestrator's.
+        ``tools``: this run's tools instead of the orchestrator's. ``resume=True`` continues
+        the checkpointed run ``run_id`` where it stopped (``task`` may then be omitted),
+        appending to its trace; a run that had ended returns its result again.
         """
-        task = self.as_task(task)
         started = time.perf_counter()
-        state, config = self._initial_state(task, run_id, tools)
-        try:
-            final = await self.graph.ainvoke(state, config=config)
-        except BaseException as exc:
-            reason = f"error: {type(exc).__name__}: {exc}"
-            self._graph.close_run({**state, "stop_reason": reason}, reason)
-            raise
-        return self._result(final, started)
+        async with self._start(task, run_id, tools, resume) as start:
+            if start.done:
+                return self._result(start.state, started, None)
+            try:
+                final = await start.graph.ainvoke(start.input, config=start.config, **start.options)
+            except BaseException as exc:
+                reason = f"error: {type(exc).__name__}: {exc}"
+                self._graph.close_run({**start.state, "stop_reason": reason}, reason)
+                raise
+        return self._result(final, started, start.recorder)
 
     def run(
         self,
-        task: TaskLike,
+        task: TaskLike | None = None,
         *,
         run_id: str | None = None,
         tools: Sequence[ToolLike] | None = None,
+        resume: bool = False,
     ) -> RunResult:
         """Synchronous :meth:`arun`; inside a running event loop it runs on a worker thread."""
-        return run_sync(self.arun(task, run_id=run_id, tools=tools))
+        return run_sync(self.arun(task, run_id=run_id, tools=tools, resume=resume))
 
     async def astream(
         self,
-        task: TaskLike,
+        task: TaskLike | None = None,
         *,
         run_id: str | None = None,
         tools: Sequence[ToolLike] | None = None,
+        resume: bool = False,
     ) -> AsyncIterator[RunEvent]:
-        """Run a task, yielding an event as each node finishes and a final ``end`` event."""
-        task = self.as_task(task)
+        """Run a task, yielding an event as each node finishes and a final ``end`` event.
+
+        ``resume=True`` continues the checkpointed run ``run_id`` (see :meth:`arun`).
+        """
         started = time.perf_counter()
-        state, config = self._initial_state(task, run_id, tools)
-        current: dict[str, Any] = dict(state)
-        try:
-            async for chunk in self.graph.astream(state, config=config, stream_mode="updates"):
-                for node, update in chunk.items():
-                    update = update or {}
-                    if node == "call":
-                        current["candidates"] = [
-                            *(current.get("candidates") or []),
-                            *update.get("candidates", []),
-                        ]
-                    else:
-                        current.update({k: v for k, v in update.items() if k != "candidates"})
-                        if "candidates" in update and update["candidates"] is None:
-                            current["candidates"] = []
-                    yield RunEvent(
-                        node=node,
-                        run_id=state["run_id"],
-                        step=current.get("step_index", 0),
-                        data=update,
-                    )
-        except BaseException as exc:
-            reason = f"error: {type(exc).__name__}: {exc}"
-            self._graph.close_run({**current, "stop_reason": reason}, reason)
-            raise
-        result = self._result(current, started)
+        async with self._start(task, run_id, tools, resume) as start:
+            current = start.state
+            if not start.done:
+                try:
+                    async for event in self._events(start, current):
+                        yield event
+                except BaseException as exc:
+                    reason = f"error: {type(exc).__name__}: {exc}"
+                    self._graph.close_run({**current, "stop_reason": reason}, reason)
+                    raise
+        result = self._result(current, started, None if start.done else start.recorder)
         yield RunEvent(
-            node="end", run_id=result.run_id, step=len(result.steps), data={}, result=result
+            node="end",
+            run_id=result.run_id,
+            step=current.get("step_index", 0),
+            data={},
+            result=result,
+        )
+
+    @staticmethod
+    async def _events(start: _Start, current: dict[str, Any]) -> AsyncIterator[RunEvent]:
+        """The graph's node updates as events, folded into ``current`` as they come."""
+        stream = start.graph.astream(
+            start.input, config=start.config, stream_mode="updates", **start.options
+        )
+        async for chunk in stream:
+            for node, update in chunk.items():
+                update = update or {}
+                step = _fused_step(node, update)
+                if step is not None:  # a one-expert step done in its route node: two events
+                    data = {"decision": step.decision, "instruction": step.instruction}
+                    yield RunEvent(node="route", run_id=start.run_id, step=step.index, data=data)
+                    node = "aggregate"
+                current.update({k: v for k, v in update.items() if k != "candidates"})
+                if "candidates" in update:  # the channel's reducer: append, None clears
+                    added = update["candidates"]
+                    current["candidates"] = (
+                        [] if added is None else [*(current.get("candidates") or []), *added]
+                    )
+                yield RunEvent(
+                    node=node,
+                    run_id=start.run_id,
+                    step=current.get("step_index", 0),
+                    data=update,
+                )
+
+    async def abatch(
+        self,
+        tasks: Iterable[BatchTask | TaskLike],
+        *,
+        concurrency: int = 8,
+        out: str | Path | None = None,
+        retry_failed: bool = False,
+        on_result: Callable[[BatchResult], None] | None = None,
+    ) -> BatchReport:
+        """Run many tasks, at most ``concurrency`` at a time; a failed task is a result with its
+        error. ``out``: a results JSONL that a re-run resumes from (ids already there are
+        skipped, failed ones too unless ``retry_failed``)."""
+        from expertgraph.orchestrator._batch import abatch
+
+        return await abatch(
+            self,
+            tasks,
+            concurrency=concurrency,
+            out=out,
+            retry_failed=retry_failed,
+            on_result=on_result,
         )
 
     async def aload(self) -> dict[str, str | None]:

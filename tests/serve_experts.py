@@ -135,7 +135,8 @@ def write_config(
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lines = [f"name: {name}", "experts:"]
+    # Runtime output (checkpoints, caches) stays in the test's folder, not the repo's home.
+    lines = [f"name: {name}", f"home: {directory / '.expertgraph'}", "experts:"]
     for expert, fn in experts.items():
         lines += [f"  - name: {expert}", "    kind: callable", f"    callable: serve_experts:{fn}"]
     if policy.startswith("fixed:"):

@@ -149,7 +149,8 @@ def test_router_fuser_and_judge_calls_are_traced_counted_and_summarised(
 
 def test_calls_over_the_cost_budget_are_refused_before_they_are_made(tmp_path: Path) -> None:
     free = ExpertCard()
-    pricey = ExpertCard(cost_per_1k_output=1.0)  # 256 output tokens: estimated at 0.256
+    # Even lowered to the 16-token floor a call costs 0.016: over a 0.01 ceiling.
+    pricey = ExpertCard(cost_per_1k_output=1.0)
     router = Counted(_router_rule)
     policy = LLMRouter(CallableExpert("router", router, pricey), FixedPolicy(["a"]))
     experts = [
@@ -157,12 +158,12 @@ def test_calls_over_the_cost_budget_are_refused_before_they_are_made(tmp_path: P
         CallableExpert("b", Counted(_solver("13")), free),
     ]
     orch = Orchestrator(experts, policy, trace_dir=tmp_path)
-    result = orch.run(Task(prompt="What is 3 * 4?", budget=Budget(max_cost=0.1)))
+    result = orch.run(Task(prompt="What is 3 * 4?", budget=Budget(max_cost=0.01)))
     assert router.calls == 0  # refused before it was made
     routes = [r for r in load_run(result.trace_path or "").records if isinstance(r, RouteRecord)]
     fallback = routes[0].decision.meta["router_fallback"]
-    assert fallback["reason"].startswith("router call refused: calling router (estimated 0.256")
-    assert "would exceed max_cost 0.1" in fallback["reason"]
+    assert fallback["reason"].startswith("router call refused: calling router (estimated 0.016")
+    assert "would exceed max_cost 0.01" in fallback["reason"]
     assert result.steps[0].decision.experts == ["a"] and result.answer is not None
     assert {c.role for c in _calls(result.trace_path)} == {"candidate"}
     assert result.usage.calls == 1 and result.usage.cost == 0.0
@@ -176,7 +177,7 @@ def test_calls_over_the_cost_budget_are_refused_before_they_are_made(tmp_path: P
     aggregator = LLMFusion(CallableExpert("fuser", fuser, pricey), max_tokens=256)
     orch = Orchestrator(experts, AllExperts(), aggregator, trace_dir=tmp_path)
     result = orch.run(
-        Task(prompt="What is 3 * 4?", answer_format=NUMBER, budget=Budget(max_cost=0.1))
+        Task(prompt="What is 3 * 4?", answer_format=NUMBER, budget=Budget(max_cost=0.01))
     )
     step = result.steps[0]
     assert fuser.calls == 0 and step.result is not None

@@ -184,10 +184,10 @@ def test_all_experts_failing_ends_the_step_without_crashing(tmp_path: Path) -> N
 
 
 def test_cost_budget_stops_before_the_call_that_would_exceed_it(tmp_path: Path) -> None:
-    def pricey(prompt: str) -> dict[str, object]:
-        return {"text": "ok", "input_tokens": 1000, "output_tokens": 1000}
+    def pricey(prompt: str, **params: object) -> dict[str, object]:
+        return {"text": "ok", "input_tokens": 1, "output_tokens": params["max_tokens"]}
 
-    card = ExpertCard(cost_per_1k_input=0.01, cost_per_1k_output=0.01)
+    card = ExpertCard(cost_per_1k_output=0.02)
     orch = Orchestrator(
         [CallableExpert("pricey", pricey, card)],
         FixedPolicy(["pricey"]),
@@ -196,12 +196,12 @@ def test_cost_budget_stops_before_the_call_that_would_exceed_it(tmp_path: Path) 
     )
     plan = [PlanStep(instruction=f"step {i}") for i in range(5)]
     result = orch.run(Task(plan=plan, budget=Budget(max_cost=0.05)))
-    # each call costs 0.02; the third would be estimated at 0.02 + ... > 0.05 - 0.04
-    assert len(result.steps) == 2
-    assert result.usage.cost == pytest.approx(0.04)
+    # Two calls at 0.02 each; the third only fits with max_tokens lowered to 500; then nothing.
+    assert len(result.steps) == 3
+    assert result.usage.cost == pytest.approx(0.05) and result.usage.cost <= 0.05 + 1e-12
     assert result.stop_reason.startswith("cost budget: calling pricey would exceed max_cost 0.05")
     calls = [r for r in load_run(result.trace_path).records if isinstance(r, CallRecord)]
-    assert len(calls) == 2
+    assert [c.generation.params["max_tokens"] for c in calls] == [1000, 1000, 500]
 
 
 def test_max_steps_and_deadline(tmp_path: Path) -> None:
@@ -291,8 +291,26 @@ def test_astream_yields_an_event_per_node_and_the_result(tmp_path: Path) -> None
         return [event async for event in orch.astream("What is 2 + 2?")]
 
     events = asyncio.run(collect())
-    assert [e.node for e in events] == ["route", "call", "aggregate", "route", "end"]
+    # One expert: route makes the call itself (no Send fan-out, no call superstep).
+    assert [e.node for e in events] == ["route", "aggregate", "route", "end"]
     assert events[-1].result is not None and events[-1].result.answer == "4"
+    assert [g.expert for g in events[1].data["steps"][-1].generations] == ["calc"]
+
+
+def test_astream_fans_out_a_step_with_several_experts(tmp_path: Path) -> None:
+    orch = Orchestrator(
+        [CallableExpert("a", calculator), CallableExpert("b", calculator)],
+        FixedPolicy(["a", "b"]),
+        trace_dir=tmp_path,
+    )
+
+    async def collect() -> list[object]:
+        return [event async for event in orch.astream("What is 2 + 2?")]
+
+    events = asyncio.run(collect())
+    assert [e.node for e in events] == ["route", "call", "call", "aggregate", "route", "end"]
+    assert events[-1].result is not None and events[-1].result.answer == "4"
+    assert len(events[-1].result.steps[0].generations) == 2
 
 
 def test_run_inside_an_event_loop_runs_on_a_worker_thread(tmp_path: Path) -> None:
@@ -416,3 +434,16 @@ def test_a_plan_longer_than_the_open_task_limit_runs_whole(tmp_path: Path) -> No
     )
     open_task = orch.as_task("What is 1 + 1?")
     assert open_task.max_steps == 8
+
+
+def test_a_policy_brings_its_paired_aggregator_unless_one_is_given(tmp_path: Path) -> None:
+    class Paired(FixedPolicy):
+        paired_aggregator = MajorityVote()
+
+    experts = [CallableExpert("a", lambda p: "1"), CallableExpert("b", lambda p: "2")]
+    policy = Paired(["a", "b"])
+    assert Orchestrator(experts, policy, trace_dir=tmp_path).aggregator is policy.paired_aggregator
+    given = MajorityVote()
+    assert Orchestrator(experts, policy, given, trace_dir=tmp_path).aggregator is given
+    plain = Orchestrator(experts, FixedPolicy(["a"]), trace_dir=tmp_path).aggregator
+    assert isinstance(plain, MajorityVote) and plain is not policy.paired_aggregator

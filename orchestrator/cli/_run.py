@@ -18,6 +18,7 @@ from expertgraph.core.errors import ConfigError
 from expertgraph.core.state import step_answer_format
 from expertgraph.core.types import Budget, PlanStep, RunResult, Task
 from expertgraph.orchestrator.config.schema import ExpertGraphConfig, load_config, parse_config
+from expertgraph.traces.redact import redact_data, redact_text
 
 LOCAL_CONFIG_NAMES = ("expertgraph.yaml", "expertgraph.yml", "expertgraph.toml")
 
@@ -93,7 +94,8 @@ def _apply_overrides(cfg: ExpertGraphConfig, args: argparse.Namespace) -> Expert
 
 
 def _short(text: str | None, width: int = 70) -> str:
-    text = " ".join((text or "").split())
+    # CLI output leaves the process: credentials an answer repeats are redacted like in traces.
+    text = " ".join(redact_text(text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -145,7 +147,7 @@ def _print_result(result: RunResult, console: Any) -> None:
     console.print(table)
     for s in result.steps:
         console.print(f"[dim]step {s.index + 1} why:[/] {s.decision.rationale}")
-    console.print(f"[bold]answer:[/] {result.answer}")
+    console.print(f"[bold]answer:[/] {redact_text(result.answer or '') or None}")
     console.print(
         f"stop: {result.stop_reason} "
         f"| tokens {result.usage.input_tokens}+{result.usage.output_tokens} "
@@ -153,7 +155,15 @@ def _print_result(result: RunResult, console: Any) -> None:
     )
 
 
-async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) -> RunResult:
+async def _run_with_progress(
+    orch: Any,
+    task: Task | None,
+    console: Any,
+    show: bool,
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+) -> RunResult:
     result: RunResult | None = None
     started = time.perf_counter()
     if show:
@@ -164,8 +174,14 @@ async def _run_with_progress(orch: Any, task: Task, console: Any, show: bool) ->
                 f"[yellow]expert {name} did not load; it will be routed around: {error}[/]"
             )
     if show:
-        console.print(f"[dim]loaded in {time.perf_counter() - started:.1f}s[/]")
-    async for event in orch.astream(task):
+        backends = ", ".join(
+            f"{e.name}: {e.backend_used}"
+            for e in orch.experts.values()
+            if getattr(e, "backend_used", None)
+        )
+        via = f" ({backends})" if backends else ""
+        console.print(f"[dim]loaded in {time.perf_counter() - started:.1f}s{via}[/]")
+    async for event in orch.astream(task, run_id=run_id, resume=resume):
         if event.node == "end":
             result = event.result
         elif show and event.node == "route" and event.data.get("decision") is not None:
@@ -190,20 +206,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from expertgraph.orchestrator.orchestrator import Orchestrator
 
-    if not args.task and not args.plan:
-        raise ConfigError("give a TASK or --plan steps.yaml")
+    task: Task | None = None
+    if args.resume:
+        if args.task or args.plan or args.run_id:
+            raise ConfigError(
+                "--resume continues the run's own task: give no TASK, --plan or --run-id"
+            )
+    elif not args.task and not args.plan:
+        raise ConfigError("give a TASK or --plan steps.yaml (or --resume RUN_ID)")
     cfg, _ = resolve_config(args.config)
     cfg = _apply_overrides(cfg, args)
     if args.plan:
         task = load_plan(args.plan)
         if args.task:
             task = task.model_copy(update={"prompt": args.task})
-    else:
+    elif args.task:
         task = Task(prompt=args.task)
     orch = Orchestrator.from_config(cfg)
     console = Console(stderr=True)
-    show = not args.quiet and (console.is_terminal or bool(task.plan))
-    result = asyncio.run(_run_with_progress(orch, task, console, show))
+    show = not args.quiet and (console.is_terminal or bool(args.resume or (task and task.plan)))
+    run = _run_with_progress(
+        orch,
+        task,
+        console,
+        show,
+        run_id=args.resume or args.run_id,
+        resume=bool(args.resume),
+    )
+    result = asyncio.run(run)
     if args.json:
         if not args.quiet:
             _print_result(result, console)
@@ -215,7 +245,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "stop_reason": result.stop_reason,
             "steps": _step_json(result),
         }
-        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.write(json.dumps(redact_data(payload)) + "\n")
     else:
         _print_result(result, Console())
     return 0 if result.ok else 1
@@ -225,11 +255,12 @@ def _cmd_experts(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from expertgraph.core.health import HEALTH
     from expertgraph.orchestrator.config.build import build_expert
 
     cfg, source = resolve_config(args.config)
     table = Table(title=f"experts ({source})")
-    for column in ("name", "kind", "model", "description", "status"):
+    for column in ("name", "kind", "model", "description", "status", "health"):
         table.add_column(column, overflow="fold")
     rows: list[dict[str, Any]] = []
 
@@ -237,6 +268,7 @@ def _cmd_experts(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         gen = await expert.generate(args.probe, max_tokens=8, temperature=0)
         took = time.perf_counter() - started
+        HEALTH.end(expert, HEALTH.begin(expert), gen.error)  # the check counts in its health
         if gen.error is not None:
             return "error", took, f"{gen.error.type}: {gen.error.message}"
         return "ok", took, gen.text
@@ -244,34 +276,40 @@ def _cmd_experts(args: argparse.Namespace) -> int:
     failures = 0
     for ecfg in cfg.experts:
         model = getattr(ecfg, "model", None) or getattr(ecfg, "callable", "")
-        status, detail = "not checked", ""
+        status, detail, health, backend = "not checked", "", "", None
         try:
             expert = build_expert(ecfg)
+            HEALTH.configure(expert, ecfg.cooldown or cfg.cooldown)
         except Exception as exc:  # noqa: BLE001 - report every expert, not just the first failure
             status, detail = "error", f"cannot build: {exc}"
         else:
             if not args.no_check:
                 status, took, detail = asyncio.run(check(expert))
                 detail = f"{took:.1f}s: {_short(detail, 120)}"
+            health = HEALTH.describe(expert)
+            backend = getattr(expert, "backend_used", None)
         failures += status == "error"
         rows.append(
             {
                 "name": ecfg.name,
                 "kind": ecfg.kind,
                 "model": model,
+                "backend": backend,
                 "status": status,
                 "detail": detail,
+                "health": health,
             }
         )
         table.add_row(
             ecfg.name,
             ecfg.kind,
-            str(model),
+            f"{model} ({backend})" if backend else str(model),
             _short(ecfg.card.description, 50),
             f"{status} {detail}".strip(),
+            health,
         )
     if args.json:
-        sys.stdout.write(json.dumps({"config": source, "experts": rows}) + "\n")
+        sys.stdout.write(json.dumps(redact_data({"config": source, "experts": rows})) + "\n")
     else:
         Console().print(table)
     return 1 if failures else 0
@@ -292,6 +330,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--max-cost", type=float, dest="max_cost")
     run.add_argument("--deadline", type=float, dest="deadline_s", help="seconds")
     run.add_argument("--trace-dir", dest="trace_dir")
+    run.add_argument("--run-id", dest="run_id", help="the new run's id (default: a fresh one)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a killed run from its checkpoint; answered calls are not made again",
+    )
     run.add_argument("--json", action="store_true", help="end with one JSON line")
     run.add_argument("--quiet", action="store_true", help="no progress or tables on stderr")
     run.set_defaults(func=_cmd_run)

@@ -145,6 +145,7 @@ class ModelCatalog:
         (a file, or None for one made in code), and the first one's policy aliases."""
         named: list[tuple[str, ExpertGraphConfig, str]] = []
         for cfg, source in configs:
+            cfg = cfg.for_requests()
             path = Path(source) if source is not None else None
             where = str(source) if source is not None else "<in-process config>"
             named.append((_check_name(config_name(cfg, path), where), cfg, where))

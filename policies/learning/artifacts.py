@@ -14,6 +14,8 @@ import json
 import os
 import re
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,20 @@ def _dumps(meta: Mapping[str, Any]) -> str:
     return _NUMBER_LIST.sub(
         lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text
     )
+
+
+class _Arrays(dict[str, np.ndarray]):
+    """The arrays of ``weights.npz``; a model asking for one it lacks gets a clear error."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], source: Path) -> None:
+        super().__init__(arrays)
+        self.source = source
+
+    def __missing__(self, key: str) -> np.ndarray:
+        raise PolicyError(
+            f"{self.source}: no array {key!r} (it holds {', '.join(sorted(self)) or 'none'}); "
+            "the artifact is damaged or from another version: retrain it"
+        )
 
 
 @dataclass
@@ -105,39 +121,84 @@ def save_artifact(
     return target
 
 
+def _line(text: str, key: str) -> int:
+    """The 1-based line of ``"key":`` in a JSON text (1 when it is not there)."""
+    at = text.find(f'"{key}"')
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """``meta.json`` as a mapping whose required fields have the right types."""
+    try:
+        text = meta_path.read_text(encoding="utf-8")
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{meta_path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{meta_path}: cannot be read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise PolicyError(
+            f"{meta_path}:1: must be a JSON object of the artifact's fields, "
+            f"not a {type(meta).__name__}"
+        )
+
+    def bad(key: str, why: str) -> PolicyError:
+        return PolicyError(f"{meta_path}:{_line(text, key)}: {key}: {why}")
+
+    if meta.get("format") != FORMAT:
+        raise bad("format", f"{meta.get('format')!r} is not {FORMAT!r}")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad("format_version", f"must be an integer, not {version!r}")
+    if version > FORMAT_VERSION:
+        raise bad(
+            "format_version",
+            f"{version} is newer than this expertgraph reads ({FORMAT_VERSION}); "
+            "upgrade expertgraph",
+        )
+    for key in ("kind", "experts"):
+        if key not in meta:
+            raise PolicyError(f"{meta_path}: missing field {key!r}")
+    if not isinstance(meta["kind"], str):
+        raise bad("kind", f"must be a string, not {meta['kind']!r}")
+    experts = meta["experts"]
+    if not isinstance(experts, list) or not all(isinstance(e, str) for e in experts):
+        raise bad("experts", "must be a list of expert names")
+    return meta
+
+
+def _read_weights(weights: Path) -> _Arrays:
+    if not weights.is_file():
+        raise PolicyError(
+            f"{weights}: missing; the artifact is incomplete (retrain it with `expertgraph train`)"
+        )
+    try:
+        with np.load(weights, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):  # e.g. an object array, which would need pickle
+            raise PolicyError(
+                f"{weights}: cannot be read without pickle ({exc}); refusing it"
+            ) from None
+        raise PolicyError(f"{weights}: damaged ({exc}); retrain the router") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise PolicyError(
+            f"{weights}: damaged or truncated ({type(exc).__name__}: {exc}); retrain the router"
+        ) from None
+    return _Arrays(arrays, weights)
+
+
 def load_artifact(folder: str | Path) -> Artifact:
-    """Read an artifact folder; a missing or foreign file is a :class:`PolicyError`."""
+    """Read an artifact folder; a missing, foreign or damaged file is a :class:`PolicyError`
+    that names the file, the line and the field."""
     source = Path(folder)
     meta_path = source / META_FILE
     if not meta_path.is_file():
         raise PolicyError(
             f"{source}: not a trained router (no {META_FILE}); train one with `expertgraph train`"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"{meta_path}: not JSON ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise PolicyError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise PolicyError(
-            f"{meta_path}: format version {meta['format_version']} is newer than this expertgraph "
-            f"reads ({FORMAT_VERSION}); upgrade expertgraph"
-        )
-    for key in ("kind", "experts"):
-        if key not in meta:
-            raise PolicyError(f"{meta_path}: missing field {key!r}")
-    weights = source / WEIGHTS_FILE
-    arrays: dict[str, np.ndarray] = {}
-    if weights.is_file():
-        try:
-            with np.load(weights, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except ValueError as exc:  # e.g. an object array, which would need pickle
-            raise PolicyError(
-                f"{weights}: cannot be read without pickle ({exc}); refusing it"
-            ) from None
-    return Artifact(meta=meta, arrays=arrays, path=source)
+    meta = _read_meta(meta_path)
+    return Artifact(meta=meta, arrays=_read_weights(source / WEIGHTS_FILE), path=source)
 
 
 def check_experts(

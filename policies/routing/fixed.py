@@ -14,7 +14,9 @@ from expertgraph.core.types import Decision
 
 
 class FixedPolicy(Policy):
-    """Always the same expert(s); falls back to the first allowed one when a step restricts them."""
+    """Always the same expert(s). When none of them is usable (a step restricts them, they
+    failed every call of the run, or they are cooling down) it falls back to the next
+    configured expert that is, in the orchestrator's order after the first fixed one."""
 
     name = "fixed"
     blocking = False
@@ -33,13 +35,20 @@ class FixedPolicy(Policy):
         for name in self.experts:
             if name not in known:
                 raise UnknownExpertError(name, known)
-        chosen = [n for n in self.experts if n in allowed] or allowed[:1]
+        chosen = [n for n in self.experts if n in allowed]
+        rationale = f"fixed: {', '.join(chosen)}"
+        if not chosen:
+            start = known.index(self.experts[0]) + 1
+            chosen = [n for n in known[start:] + known[:start] if n in allowed][:1]
+            rationale = f"fixed: {', '.join(self.experts)} not usable; next configured: " + (
+                ", ".join(chosen) or "none"
+            )
         return Decision(
             instruction=instruction,
             experts=chosen,
             scores={n: (1.0 if n in chosen else 0.0) for n in known},
             mode="fixed",
-            rationale=f"fixed: {', '.join(chosen)}",
+            rationale=rationale,
             policy=self.name,
         )
 

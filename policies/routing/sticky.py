@@ -44,6 +44,11 @@ class StickyPolicy(Policy):
         self.margin = float(margin)
         self.name = f"{inner.name}+sticky"
 
+    @property
+    def history_window(self) -> int:
+        """The steps it reads: the last one (the incumbent), or what the inner policy reads."""
+        return max(1, getattr(self.inner, "history_window", 0) or 0)
+
     def decide(self, state: RoutingState) -> Decision:
         return self._tagged(self.apply(self.inner.decide(state), state))
 
