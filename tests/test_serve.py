@@ -504,6 +504,34 @@ def _cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def test_a_worker_builds_the_same_app_from_its_spec(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from expertgraph.orchestrator.cli._serve import WORKER_ENV, worker_app
+
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    with pytest.raises(ConfigError, match="serve --workers"):
+        worker_app()
+    key_file = tmp_path / "keys"
+    key_file.write_text(KEY + "\n")
+    spec = {
+        "config": [str(config_dir / "configs" / "pair.yaml")],
+        "aliases": False,
+        "api_key_file": str(key_file),
+        "max_body_bytes": 1000,
+        "max_tokens_limit": 64,
+        "created": 1234,
+    }
+    monkeypatch.setenv(WORKER_ENV, json.dumps(spec))
+    with ServerThread(worker_app()) as running, httpx.Client(base_url=running.url) as c:
+        assert c.get("/v1/models").status_code == 401  # the key file's key is required
+        auth = {"authorization": f"Bearer {KEY}"}
+        models = c.get("/v1/models", headers=auth).json()["data"]
+        assert [(m["id"], m["created"]) for m in models] == [("expertgraph/pair", 1234)]
+        big = chat("expertgraph/pair", "x" * 2000)
+        assert c.post("/v1/chat/completions", json=big, headers=auth).status_code == 413
+
+
 def test_cli_refuses_public_bind_without_keys(config_dir: Path) -> None:
     port = _free_port()
     proc = subprocess.run(

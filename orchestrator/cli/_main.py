@@ -19,6 +19,8 @@ _COMMAND_MODULES = [
     "expertgraph.orchestrator.cli._serve",
     "expertgraph.orchestrator.cli._train",
     "expertgraph.orchestrator.cli._eval",
+    "expertgraph.orchestrator.cli._batch",
+    "expertgraph.orchestrator.cli._collect",
 ]
 
 # Read by the libraries when they are first imported: tqdm (every bar, e.g. transformers'

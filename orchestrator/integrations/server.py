@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -46,7 +47,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from expertgraph.core.errors import ConfigError, ExpertGraphError, NoAnswerError, UnknownModelError
+from expertgraph.core.errors import (
+    ConfigError,
+    ExpertGraphError,
+    NoAnswerError,
+    NoExpertAvailable,
+    UnknownModelError,
+)
 from expertgraph.core.types import RunResult, Task
 from expertgraph.orchestrator.integrations._chat import (
     ChatReply,
@@ -75,6 +82,7 @@ from expertgraph.orchestrator.integrations.openai_schema import (
     ToolCallDelta,
     ToolCallOut,
 )
+from expertgraph.traces.redact import register_secret
 from expertgraph.traces.store import new_run_id
 
 TRACE_HEADER = "X-Expertgraph-Trace-Id"
@@ -269,6 +277,8 @@ class _Gate:
         self.app = app
         self.settings = settings
         self._keys = [k.encode() for k in settings.api_keys]
+        for key in settings.api_keys:  # no trace, reply or log of this process shows them
+            register_secret(key)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -555,10 +565,11 @@ async def _stream(
             yield chunk(
                 reply.model, ChunkDelta(), usage=usage, expertgraph=_run_info(served, reply)
             )
-    except NoAnswerError as exc:
+    except (NoAnswerError, NoExpertAvailable) as exc:
+        code = "no_answer" if isinstance(exc, NoAnswerError) else "no_expert_available"
         yield _sse(
             ErrorResponse(
-                error=ErrorBody(message=str(exc), type="expert_error", code="no_answer")
+                error=ErrorBody(message=str(exc), type="expert_error", code=code)
             ).model_dump()
         )
     except Exception as exc:  # noqa: BLE001 - after the first byte an error can only be an event
@@ -635,9 +646,17 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
     app.add_exception_handler(Exception, _server_error)
 
     @app.get("/health", response_model=Health, tags=["meta"])
-    async def health() -> Health:
-        """Liveness: answers without a key and without naming any expert."""
-        return Health()
+    async def health() -> Any:
+        """Liveness: answers without a key and without naming any expert. While experts cool
+        down after failures it says ``degraded`` (still 200): how many, and when the first
+        recovers."""
+        from expertgraph.core.health import HEALTH
+
+        experts = [e for served in catalog for e in served.orchestrator.experts.values()]
+        summary = HEALTH.summary(experts)
+        if not summary["cooling"]:
+            return Health()
+        return JSONResponse({"status": "degraded", **summary})
 
     def _card(served: ServedModel) -> ModelCard:
         return ModelCard(id=served.id, created=settings.created)
@@ -725,7 +744,17 @@ def create_app(catalog: ModelCatalog, settings: ServeSettings | None = None) -> 
                 headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         created = int(time.time())
-        result = await served.orchestrator.arun(task, run_id=run_id)
+        try:
+            result = await served.orchestrator.arun(task, run_id=run_id)
+        except NoExpertAvailable as exc:
+            retry = {"Retry-After": str(max(1, math.ceil(exc.recovers_in_s)))}
+            raise APIError(
+                503,
+                str(exc),
+                type="expert_error",
+                code="no_expert_available",
+                headers={**headers, **retry},
+            ) from None
         try:
             reply = chat_reply(served.id, result)
         except NoAnswerError as exc:
@@ -797,6 +826,36 @@ def serve(
     check_bind(host, settings)
     app = create_app(catalog, settings)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+
+
+def serve_workers(
+    factory: str,
+    *,
+    workers: int,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Serve until interrupted as ``workers`` processes sharing one listening socket.
+
+    ``factory`` is ``"module:function"``: each worker process (uvicorn's supervisor spawns
+    them, and starts a new one if one dies) imports it and calls it for its own app, so
+    every worker builds its own catalog. Workers of one config share its trace directory and
+    index: run files have distinct ids and the index takes concurrent writers. The caller
+    checks the bind (:func:`check_bind`) before the workers start.
+    """
+    import uvicorn
+
+    uvicorn.run(
+        factory,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+    )
 
 
 class ServerThread:
