@@ -9,7 +9,12 @@
     compared by median. Reported for an instant server and for one that takes 50 ms, the
     order of the fastest hosted completions. Next to it, ``langgraph_floor_ratio``: the same
     call made inside a bare route -> call (``Send``) -> aggregate LangGraph graph with no
-    policy, trace or vote, the least any orchestrator of this design can cost.
+    policy, trace or vote, the least any orchestrator of this design can cost. And the peer:
+    ``router_ms``, LiteLLM's own ``Router.acompletion`` over two deployments of the same
+    server, in the same interleaved rounds; ``expertgraph_vs_router`` is our one-step run
+    over it (target <= 1.25 with the instant server).
+
+``--quick`` runs a few steps and rounds: a smoke test in seconds, not a measurement.
 
 The last line is one JSON object with every figure.
 """
@@ -21,8 +26,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,20 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 
+from _loopback import start_server  # noqa: E402
+
 from expertgraph.agents import CallableExpert  # noqa: E402
 from expertgraph.core import PlanStep, Task  # noqa: E402
 from expertgraph.orchestrator import Orchestrator  # noqa: E402
 from expertgraph.policies import FixedPolicy, MajorityVote  # noqa: E402
-
-SERVER_CODE = """
-import sys, time
-sys.path.insert(0, {tests!r})
-from openai_server import OpenAIServer, Reply
-delay = float(sys.argv[1])
-server = OpenAIServer(handler=lambda request: Reply(text="pong", delay_s=delay)).start()
-print(server.url, flush=True)
-sys.stdin.read()
-"""
 
 
 class _Loop(TypedDict):
@@ -119,21 +114,6 @@ def step_overhead_ms(steps: int, trace_dir: Path, plan_length: int = 10) -> floa
     return best / (runs * plan_length) * 1000
 
 
-def _start_server(delay_s: float) -> tuple[subprocess.Popen[str], str]:
-    code = SERVER_CODE.format(tests=str(ROOT / "tests"))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(delay_s)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url:
-        raise RuntimeError("the loopback server did not start")
-    return proc, url
-
-
 class _OneCall(TypedDict, total=False):
     done: bool
     text: str
@@ -200,6 +180,27 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
         return str(response.choices[0].message.content)
 
     floor_graph = _floor_graph(complete)
+    # The peer: LiteLLM's Router over two deployments of the same model and server.
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "bench-model",
+                "litellm_params": {
+                    "model": "openai/bench-model",
+                    "api_base": api_base,
+                    "api_key": os.environ["OPENAI_API_KEY"],
+                },
+                "model_info": {"id": f"deployment-{i}"},
+            }
+            for i in range(2)
+        ],
+        num_retries=0,
+        timeout=30,
+    )
+
+    async def routed() -> str:
+        response = await router.acompletion(model="bench-model", messages=messages, max_tokens=8)
+        return str(response.choices[0].message.content)
 
     async def bare() -> str:
         return await complete()
@@ -210,14 +211,15 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     async def ours() -> str:
         return str((await orch.arun("ping")).answer)
 
-    contenders = {"bare": bare, "floor": floor, "ours": ours}
+    contenders = {"bare": bare, "router": routed, "floor": floor, "ours": ours}
     for _ in range(10):  # warm-up: connection pools, imports, caches
         for fn in contenders.values():
             assert await fn() == "pong"
     times: dict[str, list[float]] = {name: [] for name in contenders}
     order = list(contenders)
     for i in range(rounds):  # interleaved, in a rotating order, so drift hits all alike
-        for name in order[i % 3 :] + order[: i % 3]:
+        shift = i % len(order)
+        for name in order[shift:] + order[:shift]:
             started = time.perf_counter()
             await contenders[name]()
             times[name].append(time.perf_counter() - started)
@@ -225,6 +227,9 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
     return {
         "bare_ms": ms["bare"],
+        "router_ms": ms["router"],
+        "vs_router": ms["ours"] / ms["router"],
+        "router_ratio": ms["router"] / ms["bare"],
         "floor_ms": ms["floor"],
         "ours_ms": ms["ours"],
         "ratio": ms["ours"] / ms["bare"],
@@ -232,11 +237,14 @@ async def _ratio(url: str, rounds: int, trace_dir: Path) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=100)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a smoke test in seconds")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds = 20, 8
 
     with tempfile.TemporaryDirectory() as tmp:
         trace_dir = Path(tmp)
@@ -252,9 +260,10 @@ def main() -> None:
             "step_ratio_vs_bare_langgraph": round(step_ms / floor, 3),
         }
         for delay in (0.0, 0.05):
-            proc, url = _start_server(delay)
+            proc, url = start_server(delay)
             try:
-                rounds = args.rounds if delay == 0 else max(20, args.rounds // 4)
+                least = 4 if args.quick else 20
+                rounds = args.rounds if delay == 0 else max(least, args.rounds // 4)
                 r = asyncio.run(_ratio(url, rounds, trace_dir / f"b{delay}"))
             finally:
                 proc.terminate()
@@ -266,6 +275,11 @@ def main() -> None:
                 f"| ratio {r['ratio']:.3f}   (target <= 1.05)"
             )
             print(
+                f"    LiteLLM Router (2 deployments) {r['router_ms']:.2f} ms | expertgraph / "
+                f"router {r['vs_router']:.3f}   (target <= 1.25) | router / bare "
+                f"{r['router_ratio']:.3f}"
+            )
+            print(
                 f"    floor: the same call inside a bare route/call/aggregate LangGraph graph "
                 f"{r['floor_ms']:.2f} ms | ratio {r['floor_ratio']:.3f}"
             )
@@ -275,6 +289,9 @@ def main() -> None:
             figures[f"expertgraph_ms{suffix}"] = round(r["ours_ms"], 3)
             figures[f"langgraph_floor_ratio{suffix}"] = round(r["floor_ratio"], 4)
             figures[f"langgraph_floor_ms{suffix}"] = round(r["floor_ms"], 3)
+            figures[f"router_ms{suffix}"] = round(r["router_ms"], 3)
+            figures[f"expertgraph_vs_router{suffix}"] = round(r["vs_router"], 4)
+            figures[f"router_ratio{suffix}"] = round(r["router_ratio"], 4)
     print(json.dumps(figures))
 
 

@@ -1,6 +1,8 @@
 """Throughput and latency of ``expertgraph serve`` next to a bare FastAPI echo endpoint, same run.
 
-Both servers run as their own processes on 127.0.0.1 (uvicorn, one worker, no access log):
+Both servers run as their own processes on 127.0.0.1 (uvicorn, no access log), each with the
+same number of worker processes (``--workers``, default 1; ``expertgraph serve --workers N``
+and uvicorn's own workers for the bare app):
 
 * ``expertgraph serve`` with one routing configuration whose expert answers instantly (an async
   callable returning the prompt), so what is measured is the server plus a full routed run:
@@ -8,12 +10,15 @@ Both servers run as their own processes on 127.0.0.1 (uvicorn, one worker, no ac
 * a bare FastAPI app whose ``POST /v1/chat/completions`` parses the JSON body and returns a
   minimal completion echoing the last message.
 
-The same client (httpx.AsyncClient, ``--concurrency`` requests in flight) sends the same chat
-request ``--requests`` times to each, after a warm-up. Prints a table, then as the last line
-``{"rps": R, "p50_ms": A, "p95_ms": B, "ratio_vs_bare": C}`` for expertgraph, with
-C = expertgraph p50 / bare p50.
+The same client (httpx.AsyncClient, ``--concurrency`` requests in flight, spread over
+``--clients`` processes) sends the same chat request ``--requests`` times to each, after a
+warm-up, in alternating rounds. Prints a table, then as the last line
+``{"workers": W, "rps": R, "bare_rps": S, "rps_vs_bare": R/S, "p50_ms": A, "p95_ms": B,
+"ratio_vs_bare": C}`` for expertgraph, with C = expertgraph p50 / bare p50 (target with
+workers: ``rps_vs_bare`` >= 0.5).
 
-    python benchmarks/serve.py [--requests 200] [--concurrency 20] [--rounds 1]
+    python benchmarks/serve.py [--requests 200] [--concurrency 20] [--rounds 1] [--workers 1]
+    python benchmarks/serve.py --quick   # a smoke run in seconds
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ experts:
 policy:
   name: fixed
   experts: [instant]
+home: {home}
 trace:
   dir: {traces}
 """
@@ -89,6 +95,25 @@ def bare_app() -> FastAPI:
     return app
 
 
+def _serve_bare(port: int, workers: int) -> None:
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(bare_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        return
+    # Worker processes import the app by factory: this file, as a module of its folder.
+    uvicorn.run(
+        f"{Path(__file__).stem}:bare_app",
+        factory=True,
+        app_dir=str(Path(__file__).resolve().parent),
+        workers=workers,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,6 +148,34 @@ class Result:
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _load_in_processes(
+    name: str, url: str, requests: int, concurrency: int, expect: str, clients: int
+) -> Result:
+    """``_load`` split over ``clients`` processes (one Python client tops out near the rate
+    of one server worker), started together; wall time is the slowest one's."""
+    if clients == 1:
+        return asyncio.run(_load(name, url, requests, concurrency, expect))
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [requests // clients + (k < requests % clients) for k in range(clients)]
+    per = max(1, concurrency // clients)
+    with ProcessPoolExecutor(clients) as pool:
+        parts = list(
+            pool.map(_load_sync, [name] * clients, [url] * clients, shares, [per] * clients,
+                     [expect] * clients)
+        )  # fmt: skip
+    return Result(
+        name,
+        [x for r in parts for x in r.latencies_ms],
+        max(r.wall_s for r in parts),
+        sum(r.errors for r in parts),
+    )
+
+
+def _load_sync(name: str, url: str, requests: int, concurrency: int, expect: str) -> Result:
+    return asyncio.run(_load(name, url, requests, concurrency, expect))
 
 
 async def _load(name: str, url: str, requests: int, concurrency: int, expect: str) -> Result:
@@ -167,24 +220,24 @@ def main() -> int:
         "--rounds", type=int, default=1, help="alternating measured rounds per server"
     )
     parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes, both")
+    parser.add_argument(
+        "--clients", type=int, default=0, help="client processes (default: one per worker)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few requests")
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.requests, args.warmup, args.concurrency = 30, 10, 5
+    clients = args.clients or args.workers
 
     if args.bare_server:
-        import uvicorn
-
-        uvicorn.run(
-            bare_app(),
-            host="127.0.0.1",
-            port=args.bare_server,
-            log_level="warning",
-            access_log=False,
-        )
+        _serve_bare(args.bare_server, args.workers)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="expertgraph-bench-serve-"))
     (work / "bench_experts.py").write_text(EXPERT_MODULE)
-    (work / "bench.yaml").write_text(CONFIG.format(traces=work / "traces"))
+    (work / "bench.yaml").write_text(CONFIG.format(home=work / "home", traces=work / "traces"))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]),
@@ -193,11 +246,12 @@ def main() -> int:
     ours = subprocess.Popen(
         [sys.executable, "-m", "expertgraph.orchestrator.cli", "serve",
          "--config", str(work / "bench.yaml"), "--port", str(ours_port),
-         "--aliases", "none", "--log-level", "warning", "--no-access-log"],
+         "--aliases", "none", "--log-level", "warning", "--no-access-log",
+         "--workers", str(args.workers)],
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     bare = subprocess.Popen(
-        [sys.executable, __file__, "--bare-server", str(bare_port)],
+        [sys.executable, __file__, "--bare-server", str(bare_port), "--workers", str(args.workers)],
         env=env,
         stderr=subprocess.DEVNULL,
     )
@@ -207,15 +261,13 @@ def main() -> int:
         _wait(bare_url, bare)
         text = REQUEST["messages"][0]["content"]  # type: ignore[index]
         for url in (bare_url, ours_url):
-            asyncio.run(_load("warmup", url, args.warmup, args.concurrency, text))
+            _load_in_processes("warmup", url, args.warmup, args.concurrency, text, clients)
         runs: dict[str, list[Result]] = {"bare": [], "expertgraph": []}
         for _ in range(args.rounds):
-            runs["bare"].append(
-                asyncio.run(_load("bare", bare_url, args.requests, args.concurrency, text))
-            )
-            runs["expertgraph"].append(
-                asyncio.run(_load("expertgraph", ours_url, args.requests, args.concurrency, text))
-            )
+            for name, url in (("bare", bare_url), ("expertgraph", ours_url)):
+                runs[name].append(
+                    _load_in_processes(name, url, args.requests, args.concurrency, text, clients)
+                )
     finally:
         for proc in (ours, bare):
             proc.terminate()
@@ -224,8 +276,8 @@ def main() -> int:
     traces = len(list((work / "traces").glob("*.jsonl")))
 
     print(
-        f"{args.requests} requests x {args.rounds} round(s), "
-        f"concurrency {args.concurrency}, cpus {os.cpu_count()}"
+        f"{args.requests} requests x {args.rounds} round(s), concurrency {args.concurrency}, "
+        f"{args.workers} worker(s) each, {clients} client process(es), cpus {os.cpu_count()}"
     )
     print(f"{'server':<12} {'rps':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'errors':>7}")
     for r in results.values():
@@ -239,7 +291,10 @@ def main() -> int:
         print("errors: some responses were not 200 with the expected answer", file=sys.stderr)
         return 1
     summary = {
+        "workers": args.workers,
         "rps": round(ours_r.rps, 1),
+        "bare_rps": round(bare_r.rps, 1),
+        "rps_vs_bare": round(ours_r.rps / bare_r.rps, 2),
         "p50_ms": round(ours_r.pct(0.5), 2),
         "p95_ms": round(ours_r.pct(0.95), 2),
         "ratio_vs_bare": round(ours_r.pct(0.5) / bare_r.pct(0.5), 2),
