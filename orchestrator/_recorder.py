@@ -220,15 +220,7 @@ class RunRecorder:
                 expert.name, sample, COOLING, f"{expert.name} not called: {ticket.refused}"
             )
             self._count_health(expert.name, generation)  # as a replay of the trace counts it
-            self.write(
-                CallRecord(
-                    run_id=self.run_id,
-                    step=step,
-                    instruction=instruction,
-                    generation=generation,
-                    role=role,
-                )
-            )
+            self._write_call(step, instruction, generation, role)
             return generation
         max_cost = self.task.budget.max_cost
         estimate = 0.0
@@ -261,6 +253,12 @@ class RunRecorder:
                 f"than its worst case {estimate:.6g}; spent {self.usage.cost:.6g} of max_cost "
                 f"{max_cost:g}"
             )
+        self._write_call(step, instruction, generation, role)
+        return generation
+
+    def _write_call(
+        self, step: int, instruction: str, generation: Generation, role: CallRole
+    ) -> None:
         self.write(
             CallRecord.model_construct(  # from valid objects: no validation on the hot path
                 run_id=self.run_id,
@@ -270,7 +268,6 @@ class RunRecorder:
                 role=role,
             )
         )
-        return generation
 
     def _count_health(self, name: str, generation: Generation) -> None:
         health = self.health_of(name)

@@ -62,6 +62,19 @@ _RUN_COLUMNS = (
 """The columns of :attr:`TraceSummary.runs` (then the latest run label)."""
 
 
+# The columns `traces summary` prints of each run, in order.
+_SHOWN_RUN_COLUMNS = (
+    "run_id",
+    "policy",
+    "steps",
+    "calls",
+    "cost",
+    "latency_s",
+    "label",
+    "stop_reason",
+)
+
+
 def session_runs(runs: Any, session: str, directory: str | Path) -> set[str]:
     """Ids of the indexed runs whose task belongs to ``session`` (``metadata["session"]``,
     which ``expertgraph serve`` sets for the requests of one conversation)."""
@@ -246,31 +259,8 @@ def print_summary(summary: TraceSummary, console: Any | None = None, *, max_runs
         console.print(table)
     runs = summary.runs.tail(max_runs)
     table = Table(title=f"Runs (last {len(runs)} of {len(summary.runs)})")
-    for column in (
-        "run_id",
-        "policy",
-        "steps",
-        "calls",
-        "cost",
-        "latency_s",
-        "label",
-        "stop_reason",
-    ):
+    for column in _SHOWN_RUN_COLUMNS:
         table.add_column(column)
     for row in runs.itertuples(index=False):
-        table.add_row(
-            *(
-                _fmt(getattr(row, c))
-                for c in (
-                    "run_id",
-                    "policy",
-                    "steps",
-                    "calls",
-                    "cost",
-                    "latency_s",
-                    "label",
-                    "stop_reason",
-                )
-            )
-        )
+        table.add_row(*(_fmt(getattr(row, c)) for c in _SHOWN_RUN_COLUMNS))
     console.print(table)

@@ -38,6 +38,28 @@ def _truth(value: str) -> float:
     raise DatasetError(f"not a True/False correctness value: {value!r}")
 
 
+def _csv_examples(path: Path, drop: set[str], id_prefix: str, task: str) -> list[RoutingExample]:
+    """One example per row of a responses CSV (columns ``prompt``, each expert's correctness
+    and, where present, ``<expert>_response``), skipping contaminated prompts."""
+    examples: list[RoutingExample] = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            if row["prompt"] in drop:
+                continue
+            examples.append(
+                RoutingExample(
+                    id=f"{id_prefix}-{i}",
+                    prompt=row["prompt"],
+                    scores={m: _truth(row[m]) for m in _EXPERTS},
+                    responses={
+                        m: row[f"{m}_response"] for m in _EXPERTS if row.get(f"{m}_response")
+                    },
+                    task=task,
+                )
+            )
+    return examples
+
+
 def _mmlu(base: Path) -> list[RoutingExample]:
     folder = base / "mmlu" / "responses"
     files = sorted(folder.glob("mmlu_*.csv"))
@@ -47,18 +69,7 @@ def _mmlu(base: Path) -> list[RoutingExample]:
     examples: list[RoutingExample] = []
     for path in files:
         subject = path.stem.removeprefix("mmlu_")
-        with path.open(encoding="utf-8", newline="") as handle:
-            for i, row in enumerate(csv.DictReader(handle)):
-                if row["prompt"] in drop:
-                    continue
-                examples.append(
-                    RoutingExample(
-                        id=f"mmlu-{subject}-{i}",
-                        prompt=row["prompt"],
-                        scores={m: _truth(row[m]) for m in _EXPERTS},
-                        task=subject,
-                    )
-                )
+        examples += _csv_examples(path, drop, f"mmlu-{subject}", subject)
     return examples
 
 
@@ -67,23 +78,7 @@ def _gsm8k(base: Path) -> list[RoutingExample]:
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
     drop = _contaminated(base / "gsm8k" / "contaminated_prompts.jsonl")
-    examples: list[RoutingExample] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for i, row in enumerate(csv.DictReader(handle)):
-            if row["prompt"] in drop:
-                continue
-            examples.append(
-                RoutingExample(
-                    id=f"gsm8k-{i}",
-                    prompt=row["prompt"],
-                    scores={m: _truth(row[m]) for m in _EXPERTS},
-                    responses={
-                        m: row[f"{m}_response"] for m in _EXPERTS if row.get(f"{m}_response")
-                    },
-                    task="gsm8k",
-                )
-            )
-    return examples
+    return _csv_examples(path, drop, "gsm8k", "gsm8k")
 
 
 def _mt_bench(base: Path) -> list[RoutingExample]:
