@@ -60,10 +60,12 @@ def without_unread_logging(litellm: Any) -> Iterator[None]:
     a zero-cost diagnostic and several model-info lookups per call, read by nobody when the
     callback lists are empty. The reply's own cost (``_hidden_params["response_cost"]``) is
     computed before it and stays. A user who registers a LiteLLM callback gets it as before.
-    Use it inside the task that makes the call (it sets a context variable).
+    Use it inside the task that makes the call (it sets a context variable). A LiteLLM
+    ``Router``'s own deployment callbacks are no readers: they count only calls made through
+    that router (its deployment ids), never ours.
     """
     flag = _internal_flag()
-    if flag is None or any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+    if flag is None or _read_by_someone(litellm):
         yield
         return
     token = flag.set(True)
@@ -71,6 +73,17 @@ def without_unread_logging(litellm: Any) -> Iterator[None]:
         yield
     finally:
         flag.reset(token)
+
+
+def _read_by_someone(litellm: Any) -> bool:
+    """Whether a callback other than a LiteLLM Router's deployment bookkeeping is registered."""
+    for name in _CALLBACK_LISTS:
+        for callback in getattr(litellm, name, None) or ():
+            # Looked up only now: a Router's registration imported it already.
+            router = getattr(litellm, "Router", None)
+            if router is None or not isinstance(getattr(callback, "__self__", None), router):
+                return True
+    return False
 
 
 def priced(litellm: Any, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:

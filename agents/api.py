@@ -366,9 +366,8 @@ async def _attempt(
 ) -> Any:
     """One call, bounded by ``timeout_s``; any failure comes out as :class:`AttemptFailed`."""
     try:
-        return await asyncio.wait_for(
-            _complete(litellm, request, client_timeout_s, watch), timeout_s
-        )
+        async with asyncio.timeout(timeout_s):  # no extra task, unlike 3.11's wait_for
+            return await _complete(litellm, request, client_timeout_s, watch)
     except asyncio.CancelledError:
         raise
     except _Stalled as exc:

@@ -251,7 +251,10 @@ class Expert(ABC):
                     if limiter is not None:
                         slot = await limiter.acquire(estimate_tokens(msgs))
                         started = time.perf_counter()  # waiting for the window is not the call
-                    raw = await asyncio.wait_for(self._generate(msgs, dict(params)), timeout_s)
+                    # asyncio.timeout, not wait_for: no extra task per call (3.11's wait_for
+                    # wraps the call in one)
+                    async with asyncio.timeout(timeout_s):
+                        raw = await self._generate(msgs, dict(params))
                     if limiter is not None and slot is not None:
                         limiter.settle(slot, raw.input_tokens + raw.output_tokens)
             finally:

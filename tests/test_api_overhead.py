@@ -97,6 +97,47 @@ def test_a_registered_callback_still_hears_every_call(
     assert len(seen) == 2 and len(heard) == 2
 
 
+def test_a_litellm_router_in_the_process_is_no_reader_of_our_calls(
+    server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Router registers its deployment bookkeeping as global callbacks; they count only the
+    Router's own calls, so ours still skip the logging, and the Router's keep theirs."""
+    litellm = import_litellm()
+    # LiteLLM copies a registered callback into its other lists: start from none at all.
+    from expertgraph.agents._litellm import _CALLBACK_LISTS
+
+    for name in _CALLBACK_LISTS:
+        monkeypatch.setattr(litellm, name, [])
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "bench",
+                "litellm_params": {
+                    "model": "openai/bench-model",
+                    "api_base": server.url + "/v1",
+                    "api_key": "sk-router-not-real",
+                },
+                "model_info": {"id": "deployment-1"},
+            }
+        ]
+    )
+    assert litellm._async_success_callback  # the Router's bookkeeping is registered
+    seen = _success_handlers(monkeypatch)
+    expert = APIExpert("priced", "openai/gpt-4o-mini", api_base=server.url + "/v1")
+
+    async def run() -> None:
+        await _calls(expert, 2)
+        assert seen == []  # ours: skipped
+        reply = await router.acompletion(
+            model="bench", messages=[{"role": "user", "content": "ping"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content
+        await asyncio.sleep(0.3)
+
+    asyncio.run(run())
+    assert len(seen) == 1  # the Router's own call: logged, as LiteLLM does
+
+
 def test_an_unpriced_model_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
     litellm = import_litellm()
     asked: list[str] = []

@@ -33,7 +33,9 @@ me, workers = int(sys.argv[3]), int(sys.argv[4])
 paths = sorted(p for p in directory.glob("*.jsonl"))
 while not go.exists():
     time.sleep(0.001)
-index = TraceIndex(directory)  # every process opens (and sets up) the index at once
+# every process opens (and sets up) the index at once; half of them keep one connection
+# open (as a trace store's indexing thread does), half open one per write
+index = TraceIndex(directory, keep_open=me % 2 == 0)
 # Each run is indexed by two processes, one at a time or many in one transaction.
 mine = [p for n, p in enumerate(paths) if n % workers in (me, (me + 1) % workers)]
 for n, path in enumerate(mine):
@@ -109,3 +111,30 @@ def test_an_index_set_up_while_another_process_writes_keeps_its_rows(tmp_path: P
         late = TraceIndex(traces)
         late.index_file(traces / f"{run_ids[1]}.jsonl")
     assert sorted(first.run_ids()) == sorted(run_ids[:2])
+
+
+def test_a_kept_connection_sees_other_writers_and_is_dropped_after_a_failure(
+    tmp_path: Path,
+) -> None:
+    runs = _runs(tmp_path, 3)
+    paths = [tmp_path / f"{r}.jsonl" for r in runs]
+    kept = TraceIndex(tmp_path, keep_open=True)
+    kept.index_files(paths[:2])
+    TraceIndex(tmp_path).index_file(paths[2])  # another writer, its own connection
+    assert sorted(kept.run_ids()) == sorted(runs)
+    held = kept._kept
+    assert held is not None  # one connection for every write
+
+    def failing(conn: sqlite3.Connection) -> None:  # a write that fails inside its transaction
+        conn.execute("DELETE FROM runs")
+        raise RuntimeError("injected")
+
+    try:
+        kept._write(failing)
+    except RuntimeError:
+        pass
+    assert kept._kept is None  # not kept: it was in a failed transaction
+    assert sorted(kept.run_ids()) == sorted(runs)  # and its delete was rolled back
+    kept.index_file(paths[0])  # the next write opens a fresh connection and works
+    assert sorted(kept.run_ids()) == sorted(runs)
+    kept.close()

@@ -121,33 +121,61 @@ def _drop_if_outdated(conn: sqlite3.Connection) -> None:
 class TraceIndex:
     """The index of one trace directory (``<dir>/index.sqlite``)."""
 
-    def __init__(self, directory: str | Path = DEFAULT_TRACE_DIR) -> None:
+    def __init__(
+        self, directory: str | Path = DEFAULT_TRACE_DIR, *, keep_open: bool = False
+    ) -> None:
+        """``keep_open``: hold one connection for every write instead of one per write. A
+        trace store's indexing thread does: opening SQLite and checkpointing its WAL on the
+        last close cost milliseconds, most of what indexing a short run costs. The kept
+        connection belongs to the first thread that uses it."""
         self.directory = Path(directory)
         self.path = self.directory / INDEX_NAME
         self._ready = False
+        self._keep_open = keep_open
+        self._kept: sqlite3.Connection | None = None
 
     # ---- connection ----------------------------------------------------------------------
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection with the schema in place; commits on success."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S)
+        kept = self._kept is not None
+        conn = self._kept if self._kept is not None else self._open()
+        ok = False
         try:
-            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            # The JSONL files are the record and the index is rebuilt from them, so commits
-            # need not wait for the disk: WAL with synchronous=NORMAL stays consistent.
-            conn.execute("PRAGMA synchronous=NORMAL")
             if not self._ready:
                 _retrying(lambda: self._set_up(conn))
                 self._ready = True
             yield conn
             conn.commit()
+            ok = True
         except BaseException:
             conn.rollback()
             raise
         finally:
-            conn.close()
+            if ok and self._keep_open:
+                self._kept = conn
+            else:  # a connection that failed is not kept: it may be in an unknown state
+                if kept:
+                    self._kept = None
+                conn.close()
+
+    def _open(self) -> sqlite3.Connection:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # check_same_thread off: a kept connection is used by one thread at a time (the
+        # store's single indexing thread), never concurrently.
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+        # The JSONL files are the record and the index is rebuilt from them, so commits
+        # need not wait for the disk: WAL with synchronous=NORMAL stays consistent.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def close(self) -> None:
+        """Close the kept connection, if any."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
 
     @staticmethod
     def _set_up(conn: sqlite3.Connection) -> None:
@@ -177,8 +205,9 @@ class TraceIndex:
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Run a read query against the index (rows support access by column name)."""
         with self.connect() as conn:
-            conn.row_factory = sqlite3.Row
-            return list(conn.execute(sql, params))
+            cursor = conn.cursor()  # the row factory on the cursor: a kept connection keeps its own
+            cursor.row_factory = sqlite3.Row
+            return list(cursor.execute(sql, params))
 
     # ---- writing -------------------------------------------------------------------------
 

@@ -1151,7 +1151,7 @@ class TraceStore:
                 from expertgraph.traces.index import TraceIndex
 
                 if self._index is None:
-                    self._index = TraceIndex(self.directory)
+                    self._index = TraceIndex(self.directory, keep_open=True)
                 try:
                     self._index.index_files(paths)
                 except Exception:  # noqa: BLE001 - one bad file must not cost the others
