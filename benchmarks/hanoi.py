@@ -24,6 +24,8 @@ import math
 import random
 import re
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -208,6 +210,8 @@ class World:
     errors: int = 0
     previous: tuple[int, int, int] | None = None
     stamps: list[float] = field(default_factory=list)
+    progress: int = 0
+    """Print ``moves N`` every this many moves (0: never); a resume test watches it."""
 
     def __post_init__(self) -> None:
         self.pegs = [list(range(self.disks, 0, -1)), [], []]
@@ -220,9 +224,16 @@ class World:
         right = next_move(self.pegs, self.previous)
         if parse_move(voted) != right:
             self.errors += 1  # counted, then the solution's move is applied so the run goes on
-        apply(self.pegs, right)
-        self.previous = right
+        self.advance(right)
+
+    def advance(self, move: tuple[int, int, int] | None = None) -> None:
+        """Apply the solution's next move (``move`` when it is known already)."""
+        move = move or next_move(self.pegs, self.previous)
+        apply(self.pegs, move)
+        self.previous = move
         self.moves += 1
+        if self.progress and self.moves % self.progress == 0:
+            print(f"moves {self.moves}", flush=True)
 
 
 class HanoiRouter(Policy):
@@ -238,6 +249,10 @@ class HanoiRouter(Policy):
     def decide(self, state: RoutingState) -> Decision:
         world = self.world
         world.stamps.append(time.perf_counter())
+        while world.moves < state.step_index - 1:
+            # A resumed run: the moves decided before the kill are the solution's (each one
+            # was checked and, when wrong, corrected), so the world catches up to them.
+            world.advance()
         if state.step_index > world.moves:
             last = state.steps[-1]
             world.check(last.result.answer if last.result else None)
@@ -299,8 +314,42 @@ def baseline(disks: int, aggregator: AheadByK, spec: AgentSpec, seed: int) -> fl
     return steps / (time.perf_counter() - start)
 
 
-async def run(disks: int, *, seed: int, detail: str, trace_dir: Path) -> dict[str, Any]:
+def verify_trace(path: Path, disks: int) -> dict[str, int]:
+    """The run's moves read back from its trace (streamed), checked against the solution:
+    steps decided, errors, and steps decided more than once (each must have one step_end)."""
+    from expertgraph.traces.store import load_run
+
     world = World(disks)
+    errors = twice = decided = 0
+    expected = 0
+    for step in load_run(path).iter_steps():
+        decided += 1
+        if step.index < expected:
+            twice += 1
+            continue
+        if step.index != expected:
+            raise ValueError(f"{path}: step {step.index} follows step {expected - 1}")
+        right = next_move(world.pegs, world.previous)
+        errors += parse_move(step.result.answer if step.result else None) != right
+        world.advance(right)
+        expected += 1
+    return {"steps": expected, "errors": errors, "decided_twice": twice, "decided": decided}
+
+
+async def run(
+    disks: int,
+    *,
+    seed: int,
+    detail: str,
+    trace_dir: Path,
+    checkpoint: Path | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    progress: int = 0,
+) -> dict[str, Any]:
+    """One run of the puzzle; with ``checkpoint`` (a SQLite file) it is durable, and
+    ``resume`` continues the run ``run_id`` from its last checkpoint."""
+    world = World(disks, progress=progress)
     routing = plan_routing(world.total)
     best, k, _ = routing[0]
     scores = {spec.name: round(1 / cost, 3) for spec, _, cost in routing}
@@ -325,6 +374,10 @@ async def run(disks: int, *, seed: int, detail: str, trace_dir: Path) -> dict[st
         aggregator,
         trace_dir=trace_dir,
         trace_options={"detail": detail, "index": False},
+        checkpointer=checkpoint,
+        # The router reads the last step and the prompt names it as {stepN}: a window of one
+        # step is all the state needs (so a checkpoint holds one step, not sixteen).
+        history_window=1,
     )
     task = Task(
         prompt=f"Solve the Towers of Hanoi with {disks} disks, one move per step.",
@@ -332,7 +385,10 @@ async def run(disks: int, *, seed: int, detail: str, trace_dir: Path) -> dict[st
         budget=Budget(max_steps=world.total + 1, max_calls_per_step=max_draws),
     )
     start = time.perf_counter()
-    result = await orch.arun(task)
+    if resume:
+        result = await orch.arun(run_id=run_id, resume=True)
+    else:
+        result = await orch.arun(task, run_id=run_id)
     wall = time.perf_counter() - start
     await orch.aclose()
     calls = result.usage.calls
@@ -371,6 +427,49 @@ async def run(disks: int, *, seed: int, detail: str, trace_dir: Path) -> dict[st
     }
 
 
+def kill_and_resume(
+    disks: int, *, seed: int, detail: str, directory: Path, at: float
+) -> dict[str, Any]:
+    """A durable run SIGKILLed at about ``at`` of its moves, then resumed by a new process;
+    the trace is then checked move by move (errors, moves decided twice)."""
+    trace_dir, checkpoint, run_id = directory / "traces", directory / "ckpt.sqlite", "hanoi"
+    total = 2**disks - 1
+    common = [sys.executable, __file__, "--disks", str(disks), "--seed", str(seed)]
+    common += ["--detail", detail, "--trace-dir", str(trace_dir)]
+    common += ["--checkpoint", str(checkpoint), "--run-id", run_id]
+    started = time.perf_counter()
+    every = max(1, total // 200)
+    child = subprocess.Popen([*common, "--progress", str(every)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    killed_at = 0
+    for line in child.stdout:
+        if line.startswith("moves "):
+            killed_at = int(line.split()[1])
+            if killed_at >= at * total:
+                child.send_signal(signal.SIGKILL)
+                break
+    child.wait()
+    first_s = time.perf_counter() - started
+    if child.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"the run ended (exit {child.returncode}) before it was killed")
+    resumed = subprocess.run([*common, "--resume"], capture_output=True, text=True, check=True)
+    figures = json.loads(resumed.stdout.strip().splitlines()[-1])
+    checked = verify_trace(trace_dir / f"{run_id}.jsonl", disks)
+    return {
+        "disks": disks,
+        "killed_at_move": killed_at,
+        "killed_after_s": round(first_s, 2),
+        "resumed_wall_s": figures["wall_s"],
+        "steps": checked["steps"],
+        "errors": checked["errors"],
+        "decided_twice": checked["decided_twice"],
+        "solved": figures["solved"] and checked["steps"] == total,
+        "stop_reason": figures["stop_reason"],
+        "checkpoint_mb": round(checkpoint.stat().st_size / 1e6, 3),
+        "trace_mb": figures["trace_mb"],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--disks", type=int, default=10)
@@ -378,13 +477,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--detail", choices=["full", "decisions"], default="decisions")
     parser.add_argument("--trace-dir", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="4 disks: a smoke test in seconds")
+    parser.add_argument("--checkpoint", type=Path, help="a SQLite file: the run is durable")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--resume", action="store_true", help="continue --run-id's checkpoint")
+    parser.add_argument("--progress", type=int, default=0, help="print 'moves N' every N")
+    parser.add_argument(
+        "--kill-at",
+        type=float,
+        default=None,
+        help="SIGKILL a durable run at this fraction of its moves, resume it, check the trace",
+    )
     args = parser.parse_args(argv)
     disks = 4 if args.quick else args.disks
     if disks < 1:
         parser.error("--disks must be at least 1")
+    if args.kill_at is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            where = args.trace_dir or Path(tmp)
+            figures = kill_and_resume(
+                disks, seed=args.seed, detail=args.detail, directory=where, at=args.kill_at
+            )
+        print(
+            f"Towers of Hanoi, {disks} disks, killed at move {figures['killed_at_move']} and "
+            f"resumed: {figures['steps']} moves, {figures['errors']} errors, "
+            f"{figures['decided_twice']} decided twice"
+        )
+        print(json.dumps(figures))
+        return figures
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(
-            run(disks, seed=args.seed, detail=args.detail, trace_dir=args.trace_dir or Path(tmp))
+            run(
+                disks,
+                seed=args.seed,
+                detail=args.detail,
+                trace_dir=args.trace_dir or Path(tmp),
+                checkpoint=args.checkpoint,
+                run_id=args.run_id,
+                resume=args.resume,
+                progress=args.progress,
+            )
         )
     routing = plan_routing(2**disks - 1)
     print(f"Towers of Hanoi, {disks} disks: {figures['steps']} moves, {figures['errors']} errors")

@@ -102,7 +102,6 @@ async def open_saver(checkpointer: Checkpointer) -> AsyncIterator[BaseCheckpoint
 @asynccontextmanager
 async def _sqlite(location: str) -> AsyncIterator[BaseCheckpointSaver]:
     import aiosqlite
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     path = Path(location).expanduser()
     try:
@@ -114,9 +113,51 @@ async def _sqlite(location: str) -> AsyncIterator[BaseCheckpointSaver]:
         # WAL (set by the saver) with NORMAL sync: a commit survives the process being
         # killed; only a power loss can lose the last ones (like the trace's fsync: false).
         await conn.execute("PRAGMA synchronous=NORMAL")
-        yield AsyncSqliteSaver(conn, serde=serializer())
+        yield _pruning_sqlite_saver()(conn, serde=serializer())
     finally:
         await conn.close()
+
+
+PRUNE_EVERY = 8
+"""A SQLite-saved run deletes its older checkpoints every this many saves."""
+
+
+@functools.cache
+def _pruning_sqlite_saver() -> type[BaseCheckpointSaver]:
+    """LangGraph's async SQLite saver, keeping only each run's latest checkpoints.
+
+    LangGraph keeps every superstep's checkpoint (its time travel); a run here resumes from
+    its latest, and a long run would otherwise grow its file by a full state per superstep
+    (gigabytes over a million steps). Every :data:`PRUNE_EVERY` saves, a thread's checkpoints
+    (and their pending writes) older than the new checkpoint's parent are deleted, so the
+    latest and the one before it stay. Savers passed in by the caller are not changed.
+    """
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    class PruningSqliteSaver(AsyncSqliteSaver):
+        _saves = 0
+
+        async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+            saved = await super().aput(config, checkpoint, metadata, new_versions)
+            self._saves += 1
+            parent = config["configurable"].get("checkpoint_id")
+            if parent and self._saves % PRUNE_EVERY == 0:
+                key = (
+                    str(config["configurable"]["thread_id"]),
+                    config["configurable"].get("checkpoint_ns", ""),
+                    parent,
+                )
+                async with self.lock:
+                    for table in ("checkpoints", "writes"):
+                        await self.conn.execute(
+                            f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_ns = ? "
+                            "AND checkpoint_id < ?",
+                            key,
+                        )
+                    await self.conn.commit()
+            return saved
+
+    return PruningSqliteSaver
 
 
 @asynccontextmanager

@@ -80,3 +80,54 @@ def test_k_min_and_expected_votes_follow_maker() -> None:
     assert bench.expected_votes(1.0, 3) == 3
     assert 3 < bench.expected_votes(0.9, 3) < 3 / 0.8  # drift 2p - 1 bounds it
     assert bench.expected_votes(0.9, 3, malformed=0.5) == 2 * bench.expected_votes(0.9, 3)
+
+
+def test_a_durable_run_killed_at_half_resumes_and_decides_each_move_once(
+    tmp_path: Path,
+) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "hanoi.py"),
+            "--disks",
+            "7",
+            "--kill-at",
+            "0.5",
+            "--trace-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert 63 <= figures["killed_at_move"] < 127  # killed in the middle, by a real SIGKILL
+    assert figures["steps"] == 127 and figures["solved"]
+    assert figures["errors"] == 0 and figures["decided_twice"] == 0  # read back from the trace
+    # The SQLite checkpoints keep a run's latest states only: a few, not one per superstep.
+    assert figures["checkpoint_mb"] < 1
+
+
+def test_the_trace_check_counts_wrong_and_repeated_moves(tmp_path: Path) -> None:
+    from expertgraph.agents import CallableExpert
+    from expertgraph.core import PlanStep, Task
+    from expertgraph.orchestrator import Orchestrator
+    from expertgraph.policies import FixedPolicy
+
+    bench = _bench()
+    world = bench.World(2)  # three moves: the solution's, then one wrong
+    moves = []
+    for _ in range(3):
+        moves.append(bench.fmt_move(bench.next_move(world.pegs, world.previous)))
+        world.advance()
+    moves[2] = "move 1 from A to A"
+    answers = iter(moves)
+    orch = Orchestrator(
+        [CallableExpert("m", lambda prompt: next(answers))],
+        FixedPolicy(["m"]),
+        trace_dir=tmp_path,
+    )
+    result = orch.run(Task(plan=[PlanStep(instruction=f"move {i}") for i in range(3)]))
+    checked = bench.verify_trace(Path(result.trace_path or ""), 2)
+    assert checked == {"steps": 3, "errors": 1, "decided_twice": 0, "decided": 3}

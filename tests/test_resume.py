@@ -531,3 +531,29 @@ async def test_an_unreachable_postgres_is_one_clear_error_without_the_password(
     with pytest.raises(CheckpointError, match=r"cannot connect to the checkpoint database") as err:
         await orch.arun("Say Q1")
     assert "s3cret-pw" not in str(err.value) and "eg:***@127.0.0.1" in str(err.value)
+
+
+def test_a_sqlite_checkpointed_run_keeps_only_its_latest_checkpoints(tmp_path: Path) -> None:
+    import sqlite3
+
+    from expertgraph.orchestrator._checkpoint import PRUNE_EVERY
+
+    database = tmp_path / "checkpoints.sqlite"
+    orch = Orchestrator(
+        [CallableExpert("a", lambda prompt: "ok")],
+        AllExperts(),
+        MajorityVote(),
+        trace_dir=tmp_path / "traces",
+        checkpointer=database,
+    )
+    steps = 60  # about 120 supersteps, each saved
+    result = orch.run(Task(plan=[PlanStep(instruction=f"step {i}") for i in range(steps)]))
+    assert len(result.steps) == steps
+    with sqlite3.connect(database) as conn:
+        kept = conn.execute(
+            "SELECT COUNT(*) FROM checkpoints WHERE thread_id = ?", (result.run_id,)
+        ).fetchone()[0]
+    assert 2 <= kept <= PRUNE_EVERY + 2
+    # The latest checkpoint is whole: the finished run answers again from it.
+    again = orch.run(run_id=result.run_id, resume=True)
+    assert again.answer == result.answer and len(again.steps) == steps
