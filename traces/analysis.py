@@ -22,7 +22,6 @@ Columns of :attr:`TraceSummary.policies` (one row per policy name):
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -91,8 +90,12 @@ def summarize(
     directory: str | Path = DEFAULT_TRACE_DIR, *, sync: bool = True, session: str | None = None
 ) -> TraceSummary:
     """Summarise every run of a trace directory (the index is synced first); with
-    ``session``, only the runs of that conversation (see :func:`session_runs`)."""
-    import numpy as np
+    ``session``, only the runs of that conversation (see :func:`session_runs`).
+
+    The tables are aggregated by SQLite inside the index, so memory does not grow with the
+    number of calls (a million-step run has millions): only one row per expert, policy and
+    run comes out.
+    """
     import pandas as pd
 
     if not Path(directory).is_dir():
@@ -100,138 +103,184 @@ def summarize(
     index = TraceIndex(directory)
     if sync:
         index.sync()
-    calls = index.frame("calls")
-    decisions = index.frame("decisions")
-    runs = index.frame("runs")
-    labels = index.frame("labels")
-    if session is not None:
-        keep = session_runs(runs, session, directory)
-        calls, decisions, runs, labels = (
-            frame[frame["run_id"].isin(keep)].reset_index(drop=True) if len(frame) else frame
-            for frame in (calls, decisions, runs, labels)
-        )
+    with index.connect() as conn:
+        scope = ""
+        if session is not None:
+            listed = conn.execute("SELECT run_id, file FROM runs").fetchall()
+            keep = session_runs(
+                {"run_id": [r for r, _ in listed], "file": [f for _, f in listed]},
+                session,
+                directory,
+            )
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (run_id TEXT PRIMARY KEY)")
+            conn.execute("DELETE FROM temp.kept")
+            conn.executemany("INSERT INTO temp.kept VALUES (?)", [(r,) for r in keep])
+            scope = " AND run_id IN (SELECT run_id FROM temp.kept)"
+        experts = _expert_table(conn, scope, pd)
+        policies = _policy_table(conn, scope, pd)
+        columns = list(_RUN_COLUMNS)
+        rows = conn.execute(f"SELECT {', '.join(columns)} FROM runs WHERE 1{scope}").fetchall()
+        label_rows = conn.execute(
+            f"SELECT run_id, score FROM labels WHERE step IS NULL{scope} ORDER BY n"
+        ).fetchall()
+    run_table = pd.DataFrame(rows, columns=columns)
+    run_labels = dict(label_rows)  # ordered by n: the latest label of a run wins
+    run_table["label"] = [run_labels.get(r, math.nan) for r in run_table["run_id"]]
+    run_table = run_table.sort_values("run_id").reset_index(drop=True)
+    return TraceSummary(experts=experts, policies=policies, runs=run_table)
 
-    # ---- experts ------------------------------------------------------------------------
-    routed: Counter[str] = Counter()
-    score_sum: Counter[str] = Counter()
-    score_n: Counter[str] = Counter()
-    call_decisions = decisions[decisions["action"] == "call"] if len(decisions) else decisions
-    for experts, scores in zip(
-        call_decisions.get("experts", []), call_decisions.get("scores", []), strict=False
-    ):
-        for name in json.loads(experts):
-            routed[name] += 1
-        for name, score in json.loads(scores).items():
-            score_sum[name] += float(score)
-            score_n[name] += 1
-    names = sorted(set(routed) | set(calls["expert"]) if len(calls) else set(routed))
-    rows = []
-    for name in names:
-        mine = calls[calls["expert"] == name] if len(calls) else calls
-        # Steps it answered in: its own router/fuser/judge calls answer no step.
-        answering = mine[mine["role"] == "candidate"] if len(mine) else mine
-        answered_steps = answering[["run_id", "step"]].drop_duplicates() if len(answering) else []
-        winning = (
-            mine[mine["in_winner"] == 1][["run_id", "step"]].drop_duplicates() if len(mine) else []
+
+_EXPERT_COLUMNS = [
+    "expert",
+    "routed",
+    "calls",
+    "winning",
+    "win_rate",
+    "router_score",
+    "errors",
+    "retries",
+    "tokens",
+    "cost",
+    "latency_p50_s",
+    "latency_p95_s",
+]
+_POLICY_COLUMNS = [
+    "policy",
+    "decisions",
+    "finishes",
+    "mean_experts",
+    "experts_used",
+    "top_expert",
+    "top_share",
+    "entropy_bits",
+    "score_spread",
+]
+
+
+def _counts(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> dict[Any, Any]:
+    return {key: value for key, value in conn.execute(sql, params)}
+
+
+def _percentile(conn: Any, expert: str, n: int, q: float, scope: str) -> float:
+    """numpy's linear-interpolated percentile of an expert's call latencies, read from the
+    sorted column two values at a time (no list of them in memory)."""
+    if n == 0:
+        return math.nan
+    position = (n - 1) * q / 100
+    low = math.floor(position)
+    values = [
+        v
+        for (v,) in conn.execute(
+            "SELECT latency_s FROM calls WHERE expert = ? AND latency_s IS NOT NULL"
+            f"{scope} ORDER BY latency_s LIMIT 2 OFFSET ?",
+            (expert, low),
         )
-        latency = mine["latency_s"].to_numpy(dtype=float) if len(mine) else np.array([])
+    ]
+    if len(values) == 1 or position == low:
+        return float(values[0])
+    return float(values[0] + (values[1] - values[0]) * (position - low))
+
+
+def _expert_table(conn: Any, scope: str, pd: Any) -> Any:
+    calls_where = f"WHERE 1{scope}"
+    routed = _counts(
+        conn,
+        "SELECT j.value, COUNT(*) FROM decisions AS d, json_each(d.experts) AS j "
+        f"WHERE d.action = 'call'{scope.replace('run_id', 'd.run_id')} GROUP BY j.value",
+    )
+    scored = {
+        name: (total, n)
+        for name, total, n in conn.execute(
+            "SELECT j.key, SUM(j.value), COUNT(*) FROM decisions AS d, json_each(d.scores) AS j "
+            f"WHERE d.action = 'call'{scope.replace('run_id', 'd.run_id')} GROUP BY j.key"
+        )
+    }
+    totals = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT expert, COUNT(*), SUM(ok = 0), SUM(MAX(attempts - 1, 0)), "
+            "SUM(input_tokens + output_tokens), SUM(cost), COUNT(latency_s) "
+            f"FROM calls {calls_where} GROUP BY expert"
+        )
+    }
+    winning = _counts(
+        conn,
+        "SELECT expert, COUNT(*) FROM (SELECT DISTINCT expert, run_id, step FROM calls "
+        f"WHERE in_winner = 1{scope}) GROUP BY expert",
+    )
+    answered = _counts(
+        conn,
+        "SELECT expert, COUNT(*) FROM (SELECT DISTINCT expert, run_id, step FROM calls "
+        f"WHERE role = 'candidate'{scope}) GROUP BY expert",
+    )
+    rows = []
+    for name in sorted(set(routed) | set(totals)):
+        calls, errors, retries, tokens, cost, timed = totals.get(name, (0, 0, 0, 0, 0.0, 0))
+        total, n_scored = scored.get(name, (0.0, 0))
         rows.append(
             {
                 "expert": name,
-                "routed": routed[name],
-                "calls": len(mine),
-                "winning": len(winning),
-                "win_rate": (len(winning) / len(answered_steps))
-                if len(answered_steps)
+                "routed": routed.get(name, 0),
+                "calls": calls,
+                "winning": winning.get(name, 0),
+                "win_rate": winning.get(name, 0) / answered[name]
+                if answered.get(name)
                 else math.nan,
-                "router_score": score_sum[name] / score_n[name] if score_n[name] else math.nan,
-                "errors": int((mine["ok"] == 0).sum()) if len(mine) else 0,
-                "retries": int((mine["attempts"] - 1).clip(lower=0).sum()) if len(mine) else 0,
-                "tokens": int((mine["input_tokens"] + mine["output_tokens"]).sum())
-                if len(mine)
-                else 0,
-                "cost": float(mine["cost"].sum()) if len(mine) else 0.0,
-                "latency_p50_s": float(np.percentile(latency, 50)) if latency.size else math.nan,
-                "latency_p95_s": float(np.percentile(latency, 95)) if latency.size else math.nan,
+                "router_score": total / n_scored if n_scored else math.nan,
+                "errors": int(errors or 0),
+                "retries": int(retries or 0),
+                "tokens": int(tokens or 0),
+                "cost": float(cost or 0.0),
+                "latency_p50_s": _percentile(conn, name, timed, 50, scope),
+                "latency_p95_s": _percentile(conn, name, timed, 95, scope),
             }
         )
-    experts = pd.DataFrame(
-        rows,
-        columns=[
-            "expert",
-            "routed",
-            "calls",
-            "winning",
-            "win_rate",
-            "router_score",
-            "errors",
-            "retries",
-            "tokens",
-            "cost",
-            "latency_p50_s",
-            "latency_p95_s",
-        ],
-    )
+    return pd.DataFrame(rows, columns=_EXPERT_COLUMNS)
 
-    # ---- policies -----------------------------------------------------------------------
-    prow = []
-    for policy in sorted(set(decisions["policy"])) if len(decisions) else []:
-        mine = decisions[decisions["policy"] == policy]
-        calls_only = mine[mine["action"] == "call"]
-        chosen: Counter[str] = Counter()
-        spreads = []
-        for experts_json, scores_json in zip(
-            calls_only["experts"], calls_only["scores"], strict=False
-        ):
-            chosen.update(json.loads(experts_json))
-            values = list(json.loads(scores_json).values())
-            if values:
-                spreads.append(max(values) - min(values))
+
+def _policy_table(conn: Any, scope: str, pd: Any) -> Any:
+    rows = []
+    where_d = scope.replace("run_id", "d.run_id")
+    for policy, decisions, finishes, mean_experts, n_calls in conn.execute(
+        "SELECT policy, COUNT(*), SUM(action = 'finish'), "
+        "AVG(CASE WHEN action = 'call' THEN n_experts END), SUM(action = 'call') "
+        f"FROM decisions WHERE 1{scope} GROUP BY policy ORDER BY policy"
+    ).fetchall():
+        chosen = Counter(
+            _counts(
+                conn,
+                "SELECT j.value, COUNT(*) FROM decisions AS d, json_each(d.experts) AS j "
+                f"WHERE d.policy = ? AND d.action = 'call'{where_d} GROUP BY j.value "
+                # in order of first choice, so that a tie for the top goes to the earliest
+                "ORDER BY MIN(d.rowid * 65536 + j.key)",
+                (policy,),
+            )
+        )
+        (spread,) = conn.execute(
+            "SELECT AVG(spread) FROM (SELECT MAX(j.value) - MIN(j.value) AS spread "
+            "FROM decisions AS d, json_each(d.scores) AS j "
+            f"WHERE d.policy = ? AND d.action = 'call'{where_d} GROUP BY d.rowid)",
+            (policy,),
+        ).fetchone()
         total = sum(chosen.values())
         entropy = (
             -sum((c / total) * math.log2(c / total) for c in chosen.values()) if total else 0.0
         )
         top, top_n = chosen.most_common(1)[0] if chosen else (None, 0)
-        prow.append(
+        rows.append(
             {
                 "policy": policy,
-                "decisions": len(mine),
-                "finishes": int((mine["action"] == "finish").sum()),
-                "mean_experts": float(calls_only["n_experts"].mean())
-                if len(calls_only)
-                else math.nan,
+                "decisions": decisions,
+                "finishes": int(finishes or 0),
+                "mean_experts": float(mean_experts) if mean_experts is not None else math.nan,
                 "experts_used": len(chosen),
                 "top_expert": top,
-                "top_share": top_n / len(calls_only) if len(calls_only) else math.nan,
+                "top_share": top_n / n_calls if n_calls else math.nan,
                 "entropy_bits": abs(entropy),
-                "score_spread": float(np.mean(spreads)) if spreads else math.nan,
+                "score_spread": float(spread) if spread is not None else math.nan,
             }
         )
-    policies = pd.DataFrame(
-        prow,
-        columns=[
-            "policy",
-            "decisions",
-            "finishes",
-            "mean_experts",
-            "experts_used",
-            "top_expert",
-            "top_share",
-            "entropy_bits",
-            "score_spread",
-        ],
-    )
-
-    # ---- runs ---------------------------------------------------------------------------
-    columns = list(_RUN_COLUMNS)
-    run_table = runs[columns].copy() if len(runs) else pd.DataFrame(columns=columns)
-    run_labels = {}
-    if len(labels):
-        for row in labels[labels["step"].isna()].sort_values("n").itertuples():
-            run_labels[row.run_id] = row.score
-    run_table["label"] = [run_labels.get(r, math.nan) for r in run_table["run_id"]]
-    run_table = run_table.sort_values("run_id").reset_index(drop=True)
-    return TraceSummary(experts=experts, policies=policies, runs=run_table)
+    return pd.DataFrame(rows, columns=_POLICY_COLUMNS)
 
 
 def _fmt(value: Any) -> str:
