@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -321,7 +323,15 @@ def _base_kinds(data: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _default(model: Any, name: str) -> Any:
-    """The JSON form of field ``name``'s default in pydantic ``model`` (its class)."""
+    """The JSON form of field ``name``'s default in pydantic ``model`` (its class): a fresh
+    copy when it is a container, since lines are edited in place."""
+    value = _json_default(model, name)
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+
+
+@functools.cache
+def _json_default(model: Any, name: str) -> Any:
+    # A cache: a field's default is the same on every record (a long run asks per line).
     return to_jsonable_python(model.model_fields[name].get_default(call_default_factory=True))
 
 
