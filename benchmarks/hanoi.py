@@ -460,6 +460,7 @@ def kill_and_resume(
         "killed_at_move": killed_at,
         "killed_after_s": round(first_s, 2),
         "resumed_wall_s": figures["wall_s"],
+        "resumed_peak_rss_mb": figures["peak_rss_mb"],
         "steps": checked["steps"],
         "errors": checked["errors"],
         "decided_twice": checked["decided_twice"],

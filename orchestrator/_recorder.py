@@ -15,10 +15,11 @@ tool call: it runs the call within its timeout and the deadline and writes its
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,7 +87,13 @@ class RunRecorder:
 
     @classmethod
     def reopen(
-        cls, records: list[TraceRecord], *, run_id: str, task: Task, writer: TraceWriter, **kw: Any
+        cls,
+        records: Iterable[TraceRecord],
+        *,
+        run_id: str,
+        task: Task,
+        writer: TraceWriter,
+        **kw: Any,
     ) -> RunRecorder:
         """A resumed run's recorder: spend, each step's spend and health rebuilt from the calls
         its trace records (every call made is paid, also one made again after a kill), plus
@@ -97,7 +104,24 @@ class RunRecorder:
         recorder = cls(run_id=run_id, task=task, writer=writer, **kw)
         own: dict[tuple[str, int], Usage] = {}  # (phase, step) -> what its calls cost
         reported: dict[tuple[str, int], Usage] = {}  # (phase, step) -> what the phase reported
+        latest = 0
+
+        def settle(before: int) -> None:
+            # A phase's records all come within its step (a resume repeats only the step in
+            # progress), so the phases of steps well behind the latest are final: counted
+            # and dropped, and a million-step trace replays in bounded memory.
+            for key in [k for k in reported if k[1] < before]:
+                phase, step = key
+                extra = uncounted(reported.pop(key), own.pop(key, Usage()))
+                recorder.count(extra, None if phase == "route" else step)
+            for key in [k for k in own if k[1] < before]:
+                del own[key]
+
         for record in records:
+            step_of = getattr(record, "step", None)
+            if isinstance(step_of, int) and step_of > latest + 8:
+                latest = step_of
+                settle(latest - 4)
             if isinstance(record, CallRecord) and not refused(record.generation):
                 generation = record.generation
                 recorder._count_health(generation.expert, generation)
@@ -110,9 +134,7 @@ class RunRecorder:
                 reported[("route", record.step)] = record.decision.usage
             elif isinstance(record, AggregateRecord):
                 reported[("aggregate", record.step)] = record.result.usage
-        for (phase, step), usage in reported.items():
-            extra = uncounted(usage, own.get((phase, step), Usage()))
-            recorder.count(extra, None if phase == "route" else step)
+        settle(sys.maxsize)  # the rest
         max_cost = task.budget.max_cost
         if max_cost is not None and recorder.usage.cost > max_cost:
             # Over the ceiling already (the overrun that stopped it, before it was killed).

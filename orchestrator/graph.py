@@ -18,7 +18,8 @@ This module is the wiring and the state types; the node bodies are in
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -35,7 +36,7 @@ from expertgraph.core.types import (
     Task,
     Usage,
 )
-from expertgraph.orchestrator._recorder import RunRecorder
+from expertgraph.orchestrator._recorder import RESULT_STEPS, RunRecorder
 from expertgraph.orchestrator.tools import offer_tools
 from expertgraph.traces.schema import CallRecord, ToolRecord, TraceRecord
 from expertgraph.traces.store import TraceWriter, load_run
@@ -187,13 +188,26 @@ class RunGraph:
             )
         task, runnable = offer_tools(state["task"], orch.tools if tools is None else tools)
         writer = orch.trace_store.writer(run_id)
-        records = list(trace.records)
-        recovered: list[Generation] = []
-        if in_step:
-            records += self._record_saved_candidates(state, records, writer)
-            recovered = self._drawn_before_the_kill(state, records)
+        index = state["step_index"]
+        steps: deque[Step] = deque(maxlen=RESULT_STEPS)
+        current: list[TraceRecord] = []  # the candidate calls of the step in progress
+        written: list[CallRecord] = []
+
+        def replayed() -> Iterator[TraceRecord]:
+            # One streamed pass over the trace (a million-step run is never in memory): its
+            # records rebuild spend and health, its steps fill RunResult.steps.
+            read: list[TraceRecord] = []
+            for step in trace.iter_steps(read.append):
+                if step.index < index:
+                    steps.append(step)
+                yield from self._noted(read, current, index)
+            yield from self._noted(read, current, index)
+            if in_step:
+                written.extend(self._record_saved_candidates(state, current, writer))
+                yield from written
+
         recorder = RunRecorder.reopen(
-            records,
+            replayed(),
             run_id=run_id,
             task=task,
             writer=writer,
@@ -202,12 +216,28 @@ class RunGraph:
             tool_timeout_s=orch.tool_timeout_s,
             experts=orch.experts,
         )
-        recorder.forget_before(state["step_index"])
+        recorder.forget_before(index)
+        recovered = self._drawn_before_the_kill(state, [*current, *written]) if in_step else []
         if recovered:
-            recorder.recovered[state["step_index"]] = recovered
-        recorder.steps.extend(s for s in trace.iter_steps() if s.index < state["step_index"])
+            recorder.recovered[index] = recovered
+        recorder.steps.extend(steps)
         self._runs[run_id] = recorder
         return recorder
+
+    @staticmethod
+    def _noted(
+        read: list[TraceRecord], current: list[TraceRecord], index: int
+    ) -> Iterator[TraceRecord]:
+        """The records read so far (emptied), keeping the step in progress's candidate calls."""
+        for record in read:
+            if (
+                isinstance(record, CallRecord)
+                and record.role == "candidate"
+                and record.step == index
+            ):
+                current.append(record)
+        yield from read
+        read.clear()
 
     @staticmethod
     def _drawn_before_the_kill(
