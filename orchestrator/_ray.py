@@ -217,6 +217,13 @@ class _Worker:
 
         return await run_task(await self._orchestrator(), item)
 
+    async def run_tasks(self, items: list[BatchTask]) -> list[BatchResult]:
+        """Several tasks in one actor call, concurrently (see ``RayExecutor.run_task``)."""
+        from expertgraph.orchestrator._batch import run_task
+
+        orch = await self._orchestrator()
+        return list(await asyncio.gather(*(run_task(orch, item) for item in items)))
+
     async def collect_one(
         self, item: BatchTask, experts: list[str], scorer: str | None
     ) -> RoutingExample:
@@ -241,6 +248,12 @@ def _python_path() -> str:
     """The driver's import path, so workers import what it can (callables of the config)."""
     entries = [str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir()]
     return os.pathsep.join(dict.fromkeys([str(Path.cwd()), *entries]))
+
+
+CHUNK = 16
+"""The most batch tasks one actor call carries."""
+CHUNK_WAIT_S = 0.002
+"""How long a task waits for others to share its actor call."""
 
 
 class RayExecutor:
@@ -292,6 +305,12 @@ class RayExecutor:
         )
         self.workers = [actor.remote(config, base, self._host) for _ in range(workers)]
         self._busy = [0] * workers
+        # Batch tasks waiting to be sent, as chunks: one actor call carries up to CHUNK of
+        # them, so Ray's fixed cost per call (both ends' serialisation, the raylet) is paid
+        # once per chunk, not per task.
+        self._waiting: list[tuple[BatchTask, asyncio.Future[BatchResult]]] = []
+        self._send_soon: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Future[None]] = set()
 
     async def start(self) -> list[dict[str, str | None]]:
         """Have every worker build its orchestrator and load its experts now (else each does
@@ -316,13 +335,13 @@ class RayExecutor:
         order = sorted(range(len(self.workers)), key=lambda i: (i == avoid, self._busy[i], i))
         return order[0]
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, weight: int = 1) -> Any:
         ray = _ray()
         lost = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
         avoid: int | None = None
         for attempt in range(self.retries + 1):
             index = self._pick(avoid)
-            self._busy[index] += 1
+            self._busy[index] += weight
             try:
                 return await getattr(self.workers[index], method).remote(*args)
             except lost:
@@ -330,15 +349,42 @@ class RayExecutor:
                     raise
                 avoid = index
             finally:
-                self._busy[index] -= 1
+                self._busy[index] -= weight
         raise AssertionError("unreachable")
 
     async def run_task(self, item: BatchTask) -> BatchResult:
-        """Run one batch task on a worker; a failure is the task's result."""
+        """Run one batch task on a worker; a failure is the task's result.
+
+        Tasks handed in within :data:`CHUNK_WAIT_S` of each other travel together, up to
+        :data:`CHUNK` in one actor call (a worker that dies takes the chunk elsewhere)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[BatchResult] = loop.create_future()
+        self._waiting.append((item, done))
+        if len(self._waiting) >= CHUNK:
+            self._send_waiting()
+        elif self._send_soon is None:
+            self._send_soon = loop.call_later(CHUNK_WAIT_S, self._send_waiting)
+        return await done
+
+    def _send_waiting(self) -> None:
+        if self._send_soon is not None:
+            self._send_soon.cancel()
+            self._send_soon = None
+        while self._waiting:
+            chunk, self._waiting = self._waiting[:CHUNK], self._waiting[CHUNK:]
+            sending = asyncio.ensure_future(self._send(chunk))
+            self._sending.add(sending)  # held: the loop keeps only weak references to tasks
+            sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, chunk: list[tuple[BatchTask, asyncio.Future[BatchResult]]]) -> None:
+        items = [item for item, _ in chunk]
         try:
-            return await self._call("run_task", item)
-        except Exception as exc:  # noqa: BLE001 - every worker died under it: its result
-            return failed_result(item, _cause(exc), 0.0)
+            results = await self._call("run_tasks", items, weight=len(items))
+        except Exception as exc:  # noqa: BLE001 - every worker died under it: their results
+            results = [failed_result(item, _cause(exc), 0.0) for item in items]
+        for (_, done), result in zip(chunk, results, strict=True):
+            if not done.done():
+                done.set_result(result)
 
     async def collect_one(
         self, item: BatchTask, experts: Sequence[str], scorer: str | None = None
