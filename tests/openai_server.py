@@ -338,6 +338,10 @@ class OpenAIServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A real server's listen backlog: socketserver's default of 5 drops the SYNs of a burst
+    # of new connections (a batch of 100 at once), which the kernel resends after 1, 3, 7 ...
+    # seconds: a client would see seconds of delay, even timeouts, that no server causes.
+    request_queue_size = 1024
 
 
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
