@@ -34,21 +34,20 @@ def _bench() -> ModuleType:
     return module
 
 
-def test_quick_run_solves_the_puzzle_and_ends_on_one_json_line(tmp_path: Path) -> None:
+def _figures(*args: str) -> dict[str, object]:
+    """Run the benchmark script; its last line, the JSON figures."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "hanoi.py"),
-            "--quick",
-            "--trace-dir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / "hanoi.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     ).stdout
-    figures = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_quick_run_solves_the_puzzle_and_ends_on_one_json_line(tmp_path: Path) -> None:
+    figures = _figures("--quick", "--trace-dir", str(tmp_path))
     assert KEYS <= set(figures)
     assert figures["disks"] == 4 and figures["steps"] == 15 and figures["solved"]
     assert figures["errors"] == 0  # k from k_min: the vote corrects the seeded errors
@@ -85,23 +84,7 @@ def test_k_min_and_expected_votes_follow_maker() -> None:
 def test_a_durable_run_killed_at_half_resumes_and_decides_each_move_once(
     tmp_path: Path,
 ) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "hanoi.py"),
-            "--disks",
-            "7",
-            "--kill-at",
-            "0.5",
-            "--trace-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    figures = json.loads(out.strip().splitlines()[-1])
+    figures = _figures("--disks", "7", "--kill-at", "0.5", "--trace-dir", str(tmp_path))
     assert 63 <= figures["killed_at_move"] < 127  # killed in the middle, by a real SIGKILL
     assert figures["steps"] == 127 and figures["solved"]
     assert figures["errors"] == 0 and figures["decided_twice"] == 0  # read back from the trace
