@@ -342,9 +342,7 @@ class Nodes:
             return {**update, **self._stop(state, recorder, reason)}
         decision = decision.model_copy(update={"instruction": instruction, "experts": chosen})
         # Built from already-valid objects: no validation on the hot path (also below).
-        recorder.write(
-            RouteRecord.model_construct(run_id=recorder.run_id, step=index, decision=decision)
-        )
+        recorder.write(RouteRecord.built(run_id=recorder.run_id, step=index, decision=decision))
         calls: list[CallPlan] = [{"expert": name, "sample": 0, "params": {}} for name in chosen]
         update.update(
             decision=decision,
@@ -546,11 +544,9 @@ class Nodes:
             usage=recorder.end_step(index),
         )
         _note_health(result.meta, recorder.take_notes(index), {})
+        recorder.write(AggregateRecord.built(run_id=recorder.run_id, step=index, result=result))
         recorder.write(
-            AggregateRecord.model_construct(run_id=recorder.run_id, step=index, result=result)
-        )
-        recorder.write(
-            StepEnd.model_construct(
+            StepEnd.built(
                 run_id=recorder.run_id,
                 step=index,
                 instruction=step.instruction,

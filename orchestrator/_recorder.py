@@ -282,7 +282,7 @@ class RunRecorder:
         self, step: int, instruction: str, generation: Generation, role: CallRole
     ) -> None:
         self.write(
-            CallRecord.model_construct(  # from valid objects: no validation on the hot path
+            CallRecord.built(  # from valid objects: no validation on the hot path
                 run_id=self.run_id,
                 step=step,
                 instruction=instruction,

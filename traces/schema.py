@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -63,6 +64,29 @@ class _Record(BaseModel):
     seq: int = 0
     """Position of the record in its run, assigned by the writer."""
     ts: float = Field(default_factory=time.time)
+
+    @classmethod
+    def built(cls, **values: Any) -> Self:
+        """A record from already-valid values, unvalidated (the hot path of a run writes
+        several per step): ``model_construct`` with the class's plain defaults filled in from
+        a cache, so pydantic need not copy each default on every record."""
+        given = set(values)
+        plain = _plain_defaults(cls)
+        if "ts" not in values:
+            values["ts"] = time.time()
+        return cls.model_construct(_fields_set=given, **{**plain, **values})
+
+
+@functools.cache
+def _plain_defaults(cls: type[BaseModel]) -> dict[str, Any]:
+    # A cache per record class: its immutable field defaults (no default factory).
+    return {
+        name: field.default
+        for name, field in cls.model_fields.items()
+        if field.default_factory is None
+        and not field.is_required()
+        and isinstance(field.default, str | int | float | bool | type(None))
+    }
 
 
 class ExpertInfo(BaseModel):
