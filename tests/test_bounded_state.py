@@ -75,9 +75,11 @@ def test_time_per_step_of_a_5000_step_run_is_flat(tmp_path: Path) -> None:
     result = _run(tmp_path / "time", policy)
     assert result.stop_reason == "policy finished: counted"
     per_step = [b - a for a, b in zip(policy.stamps, policy.stamps[1:], strict=False)]
-    first = statistics.median(per_step[:WINDOW])
-    last = statistics.median(per_step[-WINDOW:])
-    print(f"median per step: first {first * 1e6:.0f} us, last {last * 1e6:.0f} us")
+    # The fastest tenth of each window: a state that grew would slow every step, while load
+    # from other processes on shared cores (a suite run beside other work) slows some of them.
+    first = statistics.quantiles(per_step[:WINDOW], n=10)[0]
+    last = statistics.quantiles(per_step[-WINDOW:], n=10)[0]
+    print(f"10th percentile per step: first {first * 1e6:.0f} us, last {last * 1e6:.0f} us")
     assert last <= 1.25 * first, (first, last)
     # The state the policy saw never held more than the window.
     assert max(policy.window_sizes) == HISTORY_WINDOW
