@@ -39,6 +39,7 @@ from expertgraph.core.state import AggregationContext
 from expertgraph.core.types import ExpertCard, Generation
 from expertgraph.orchestrator import Orchestrator
 from expertgraph.policies import AheadByK, RedFlags
+from expertgraph.traces.store import LIVE_INDEX_AFTER
 
 PEGS = "ABC"
 MOVE = r"(?i:move \d+ from [ABC] to [ABC])"
@@ -346,9 +347,12 @@ async def run(
     run_id: str | None = None,
     resume: bool = False,
     progress: int = 0,
+    live_index_after: int | None = LIVE_INDEX_AFTER,
+    summary: bool = False,
 ) -> dict[str, Any]:
     """One run of the puzzle; with ``checkpoint`` (a SQLite file) it is durable, and
-    ``resume`` continues the run ``run_id`` from its last checkpoint."""
+    ``resume`` continues the run ``run_id`` from its last checkpoint. ``summary`` times
+    ``expertgraph traces summary`` on the trace directory once the run is over."""
     world = World(disks, progress=progress)
     routing = plan_routing(world.total)
     best, k, _ = routing[0]
@@ -373,7 +377,9 @@ async def run(
         HanoiRouter(world, scores),
         aggregator,
         trace_dir=trace_dir,
-        trace_options={"detail": detail, "index": False},
+        # A long run is indexed as it is written (another process), so `traces summary`
+        # finds the index complete when the run ends.
+        trace_options={"detail": detail, "live_index_after": live_index_after},
         checkpointer=checkpoint,
         # The router reads the last step and the prompt names it as {stepN}: a window of one
         # step is all the state needs (so a checkpoint holds one step, not sixteen).
@@ -398,6 +404,7 @@ async def run(
 
     ended = load_run(result.trace_path or "").end
     end_s = time.perf_counter() - summary_start
+    summary_s = _time_summary(trace_dir) if summary else None
     solved = world.pegs[2] == list(range(disks, 0, -1))
     base = baseline(disks, aggregator, best, seed + 1)
     steps_per_s = world.moves / wall if wall else 0.0
@@ -424,7 +431,21 @@ async def run(
         "trace_detail": detail,
         "trace_end_read_s": round(end_s, 4),
         "trace_complete": ended is not None,
+        "summary_s": summary_s,
     }
+
+
+def _time_summary(trace_dir: Path) -> float:
+    """Seconds ``expertgraph traces summary`` takes on the directory, in a new process as a
+    user would run it (it waits for the live index to catch up with the run's end)."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "expertgraph.orchestrator.cli", "traces", "summary"]
+        + ["--dir", str(trace_dir)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return round(time.perf_counter() - started, 2)
 
 
 def kill_and_resume(
@@ -516,6 +537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run_id=args.run_id,
                 resume=args.resume,
                 progress=args.progress,
+                summary=not args.resume and args.progress == 0,
             )
         )
     routing = plan_routing(2**disks - 1)
@@ -539,6 +561,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"peak RSS {figures['peak_rss_mb']} MB; trace {figures['trace_mb']} MB "
         f"({figures['trace_detail']})"
     )
+    if figures["summary_s"] is not None:
+        print(f"`expertgraph traces summary` on the run's trace: {figures['summary_s']} s")
     print(json.dumps(figures))
     return figures
 

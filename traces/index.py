@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from expertgraph.core.types import Decision, Step, Usage, candidate_key
+from expertgraph.traces._follow import LIVE, POLL_S, heartbeat_fresh
 from expertgraph.traces.schema import CallRecord, RouteRecord, RunEnd, TraceRecord
 from expertgraph.traces.store import (
     DEFAULT_TRACE_DIR,
@@ -31,6 +32,7 @@ from expertgraph.traces.store import (
     RunTrace,
     is_trace_file,
     load_run,
+    run_ended,
 )
 
 INDEX_NAME = "index.sqlite"
@@ -295,8 +297,13 @@ class TraceIndex:
         present: set[str] = set()
         changed = 0
         for path in sorted(self.directory.glob("*.jsonl")):
-            stat = path.stat()
             entry = known.get(path.name)
+            if entry is not None and entry[0] == LIVE:
+                entry = self._await_follower(path, entry)
+                if entry is None:  # a follower indexes this run as it is written
+                    present.add(path.name)
+                    continue
+            stat = path.stat()
             if entry is not None and (entry[2], entry[3]) == (stat.st_size, stat.st_mtime_ns):
                 present.add(path.name)
                 continue
@@ -321,6 +328,26 @@ class TraceIndex:
         if gone:
             self._write(forget)
         return changed
+
+    def _await_follower(
+        self, path: Path, entry: tuple[str, str, int, int]
+    ) -> tuple[str, str, int, int] | None:
+        """The ``files`` entry of a run a follower indexes live (:mod:`._follow`): None while
+        the run is still written (the follower keeps up with it); once the run has ended, the
+        entry the follower leaves when it is done. A follower whose heartbeat stopped leaves
+        the file to this sync."""
+        while entry[0] == LIVE and heartbeat_fresh(entry[3]):
+            if not run_ended(path):
+                return None
+            time.sleep(POLL_S)
+            with self.connect() as conn:
+                row = conn.execute(
+                    "SELECT kind, run_id, size, mtime_ns FROM files WHERE name = ?", (path.name,)
+                ).fetchone()
+            if row is None:  # the follower gave the file back
+                return ("trace", "", -1, -1)
+            entry = tuple(row)  # type: ignore[assignment]
+        return entry
 
     def rebuild(self) -> int:
         """Drop the index and recreate it from the JSONL files; returns files indexed."""
@@ -457,7 +484,7 @@ def _prefetch(trace: RunTrace) -> list[tuple[str, list[tuple[Any, ...]]]] | None
     return out
 
 
-def _rows(trace: RunTrace) -> _Rows:
+def _rows(trace: RunTrace, drain: Callable[[], bool] | None = None) -> _Rows:
     """The index rows of one run, as ``(table, batch of rows)``, in one pass over the file.
 
     Memory holds a batch per table and the candidate calls of the steps in flight (a call's
@@ -499,6 +526,11 @@ def _rows(trace: RunTrace) -> _Rows:
             release(index, None, set())
         release(step.index, step.decision, set(step.result.winner) if step.result else set())
         add("steps", _step_row(run_id, step))
+        if drain is not None and drain():  # a live reader that caught up: partial batches too
+            for table, batch in batches.items():
+                if batch:
+                    ready.append((table, batch))
+                    batches[table] = []
         yield from ready
         ready.clear()
     for index in list(held):

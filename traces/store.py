@@ -46,6 +46,8 @@ DEFAULT_TRACE_DIR = ".expertgraph/traces"
 LABELS_SUFFIX = ".labels.jsonl"
 # How long the background indexer waits for more runs to close before it starts a batch.
 _INDEX_LINGER_S = 0.05
+LIVE_INDEX_AFTER = 100_000
+"""Records after which a run's trace is indexed as it is written (see :class:`TraceStore`)."""
 
 _log = logging.getLogger(__name__)
 
@@ -399,7 +401,9 @@ class TraceWriter:
     text that an earlier record of the step (or the step before) already holds is stored as a
     reference to it (:data:`~expertgraph.traces.schema.REFS`), so a reply is written once.
     ``detail="decisions"`` keeps a candidate's answer instead of its reply (:data:`TraceDetail`).
-    ``on_close`` is called with the path once the writer closes (the store updates its index).
+    ``on_close`` is called with the path once the writer closes (the store updates its index);
+    ``on_long`` once, when the file holds ``long_after`` records (the store starts indexing
+    the run live).
     """
 
     def __init__(
@@ -411,10 +415,14 @@ class TraceWriter:
         redactor: Redactor | None = None,
         on_close: Callable[[Path], None] | None = None,
         detail: TraceDetail = "full",
+        on_long: Callable[[Path], None] | None = None,
+        long_after: int = 0,
     ) -> None:
         if detail not in ("full", "decisions"):
             raise TraceError(f"unknown trace detail {detail!r}: use 'full' or 'decisions'")
         self.path = Path(path)
+        self._on_long = on_long
+        self._long_after = long_after
         self.fsync = fsync
         self.capture_content = capture_content
         self.redactor = redactor
@@ -618,6 +626,13 @@ class TraceWriter:
                 self._buffer_line(self._line(record))
             if kind in _FLUSH_AFTER or self._buffered >= _MAX_BUFFER_BYTES:
                 self._flush_locked()
+            long = (
+                self._on_long is not None and self._seq >= self._long_after and kind in _FLUSH_AFTER
+            )
+        if long:
+            on_long, self._on_long = self._on_long, None
+            assert on_long is not None
+            on_long(self.path)  # once the records so far are in the file
         return record
 
     def _drain_pending(self, *, voted: bool = True) -> None:
@@ -870,6 +885,21 @@ def _tail_lines(path: Path, chunk: int = 1 << 16) -> list[bytes] | None:
         return None
 
 
+def run_ended(path: str | Path) -> bool:
+    """Whether the last complete line of a trace file is a ``run_end`` record (read from
+    the file's last bytes only)."""
+    try:
+        with open(path, "rb") as handle:
+            fd = handle.fileno()
+            end = _last_newline(fd, os.fstat(fd).st_size)
+            if end == 0:
+                return False
+            head = os.pread(fd, 512, _last_newline(fd, end - 1))  # the last line's start
+    except OSError:
+        return False
+    return _kind(head) == "run_end"
+
+
 class RunTrace:
     """A run read back from its trace file.
 
@@ -1059,7 +1089,9 @@ class TraceStore:
 
     ``capture_content`` off drops prompts and outputs from new traces; ``redact`` (on by
     default) replaces secrets before any line is written; ``index`` keeps
-    ``<dir>/index.sqlite`` up to date as runs end; ``otel_endpoint`` posts each finished
+    ``<dir>/index.sqlite`` up to date as runs end, and a run past ``live_index_after``
+    records is indexed as it is written, by a process of its own (:mod:`._follow`; None:
+    never); ``otel_endpoint`` posts each finished
     run's spans (OTLP/JSON over HTTP) to a collector; ``detail`` is what each trace keeps
     (:data:`~expertgraph.traces.schema.TraceDetail`).
     """
@@ -1075,10 +1107,14 @@ class TraceStore:
         otel_endpoint: str | None = None,
         otel_headers: dict[str, str] | None = None,
         detail: TraceDetail = "full",
+        live_index_after: int | None = LIVE_INDEX_AFTER,
     ) -> None:
         if detail not in ("full", "decisions"):
             raise TraceError(f"unknown trace detail {detail!r}: use 'full' or 'decisions'")
+        if live_index_after is not None and live_index_after < 1:
+            raise TraceError(f"live_index_after must be at least 1, not {live_index_after}")
         self.directory = Path(directory)
+        self.live_index_after = live_index_after
         self.detail: TraceDetail = detail
         self.fsync = fsync
         self.capture_content = capture_content
@@ -1093,6 +1129,8 @@ class TraceStore:
         self._worker: ThreadPoolExecutor | None = None
         self._closed: list[Path] = []  # runs closed and not yet indexed or exported
         self._draining: Future[None] | None = None
+        self._followers: dict[Path, Any] = {}  # run file -> its follower process
+        self._ended: set[Path] = set()  # followed runs whose writer closed
 
     def path_for(self, run_id: str) -> Path:
         if (
@@ -1113,7 +1151,25 @@ class TraceStore:
             redactor=self._redactor,
             on_close=self._run_closed if (self.index or self.otel_endpoint) else None,
             detail=self.detail,
+            on_long=self._follow if self.index and self.live_index_after else None,
+            long_after=self.live_index_after or 0,
         )
+
+    def _follow(self, path: Path) -> None:
+        from expertgraph.traces._follow import start_follower
+
+        try:
+            follower = start_follower(self.directory, path)
+        except OSError as exc:  # the index is a convenience: the run goes on without it
+            _log.warning("live trace index of %s not started: %s", path, exc)
+            return
+        with self._lock:
+            # Followers that are done are forgotten here, so a long-lived process (a server)
+            # holds only those still at work.
+            for done in [p for p, f in self._followers.items() if f.poll() is not None]:
+                del self._followers[done]
+                self._ended.discard(done)
+            self._followers[path] = follower
 
     def _run_closed(self, path: Path) -> None:
         # Indexing and exporting take milliseconds (SQLite, HTTP): a background thread does
@@ -1122,6 +1178,10 @@ class TraceStore:
         # the index from the files before they query it, so an update still pending (or lost
         # with the process) only costs a re-read.
         with self._lock:
+            if path in self._followers:
+                self._ended.add(path)
+                if not self.otel_endpoint:
+                    return  # its follower indexes it
             self._closed.append(path)
             if self._draining is not None:
                 return
@@ -1137,8 +1197,15 @@ class TraceStore:
             with self._lock:
                 draining = self._draining
             if draining is None:
-                return
+                break
             draining.result(timeout=timeout)
+        with self._lock:
+            followed = [(p, f) for p, f in self._followers.items() if p in self._ended]
+        for path, follower in followed:
+            follower.wait(timeout=timeout)
+            with self._lock:
+                self._followers.pop(path, None)
+                self._ended.discard(path)
 
     def _drain(self) -> None:
         time.sleep(_INDEX_LINGER_S)  # let the runs closing right now join this batch
@@ -1156,22 +1223,26 @@ class TraceStore:
     def _after_close(self, paths: list[Path]) -> None:
         # The JSONL file is the record; the index and the exporter are conveniences, so a
         # failure here is logged and never fails the run.
-        if self.index:
+        with self._lock:
+            indexed = [path for path in paths if path not in self._ended]
+        if self.index and indexed:
             try:
                 from expertgraph.traces.index import TraceIndex
 
                 if self._index is None:
                     self._index = TraceIndex(self.directory, keep_open=True)
                 try:
-                    self._index.index_files(paths)
+                    self._index.index_files(indexed)
                 except Exception:  # noqa: BLE001 - one bad file must not cost the others
-                    for path in paths:
+                    for path in indexed:
                         try:
                             self._index.index_file(path)
                         except Exception as exc:  # noqa: BLE001
                             _log.warning("trace index not updated for %s: %s", path, exc)
             except Exception as exc:  # noqa: BLE001
-                _log.warning("trace index not updated for %s: %s", ", ".join(map(str, paths)), exc)
+                _log.warning(
+                    "trace index not updated for %s: %s", ", ".join(map(str, indexed)), exc
+                )
         if self.otel_endpoint:
             for path in paths:
                 try:

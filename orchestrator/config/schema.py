@@ -27,6 +27,7 @@ from expertgraph.agents import RetrySettings
 from expertgraph.core.errors import ConfigError
 from expertgraph.core.health import CooldownSettings
 from expertgraph.core.types import DEFAULT_MAX_REPLY_CHARS, Budget, ExpertCard
+from expertgraph.traces.store import LIVE_INDEX_AFTER
 
 DEFAULT_HOME = ".expertgraph"
 
@@ -169,6 +170,9 @@ class TraceConfig(_Strict):
     """What each trace keeps: ``full`` (every record; a reply stored once) or ``decisions``
     (routes, votes and usage per step: a candidate keeps the answer it voted for, not its
     reply), the lean layout for long runs."""
+    live_index_after: int | None = Field(default=LIVE_INDEX_AFTER, ge=1)
+    """A run past this many trace records is indexed as it is written, by a process of its
+    own, so the index is complete when the run ends; null: index every run when it ends."""
 
     def store_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`expertgraph.traces.TraceStore` besides dir and fsync."""
@@ -179,6 +183,7 @@ class TraceConfig(_Strict):
             "otel_endpoint": self.otel_endpoint,
             "otel_headers": dict(self.otel_headers),
             "detail": self.detail,
+            "live_index_after": self.live_index_after,
         }
 
 
