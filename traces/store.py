@@ -1200,7 +1200,11 @@ class TraceStore:
                 break
             draining.result(timeout=timeout)
         with self._lock:
-            followed = [(p, f) for p, f in self._followers.items() if p in self._ended]
+            # A run closed without its run_end keeps its follower reading until this process
+            # is gone: waiting for it here would wait for ever.
+            followed = [
+                (p, f) for p, f in self._followers.items() if p in self._ended and run_ended(p)
+            ]
         for path, follower in followed:
             follower.wait(timeout=timeout)
             with self._lock:
