@@ -7,96 +7,24 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from expertgraph.core.types import Decision, Generation, StepResult, Task, Usage
+from _trace_records import EXPERTS, end_record, start_record, step_records
+
 from expertgraph.traces.index import TraceIndex
 from expertgraph.traces.schema import (
-    AggregateRecord,
     CallRecord,
-    RouteRecord,
-    RunEnd,
-    RunStart,
-    StepEnd,
 )
 from expertgraph.traces.store import TraceWriter, load_run
-
-EXPERTS = ("a", "b", "c")
 
 
 def _write_run(path: Path, steps: int, *, detail: str = "decisions", end: bool = True) -> None:
     """A run of ``steps`` voted steps; every 10th step also has a router call of its own."""
     with TraceWriter(path, detail=detail) as w:  # type: ignore[arg-type]
-        w.write(RunStart(run_id="r", task=Task(prompt="p"), experts=[], policy="p", aggregator="m"))
+        w.write(start_record())
         for step in range(steps):
-            answer, wrong = str(step), str(step + 1)
-            w.write(
-                RouteRecord(
-                    run_id="r",
-                    step=step,
-                    decision=Decision(
-                        instruction=f"question {step}",
-                        experts=list(EXPERTS),
-                        scores={"a": 0.5, "b": 0.3, "c": 0.2},
-                        policy="p",
-                    ),
-                )
-            )
-            if step % 10 == 0:
-                w.write(
-                    CallRecord(
-                        run_id="r",
-                        step=step,
-                        instruction="route it",
-                        role="router",
-                        generation=Generation(expert="a", text="a", cost=0.5, input_tokens=3),
-                    )
-                )
-            for name in EXPERTS:
-                text = f"The answer is {wrong if name == 'c' else answer}"
-                w.write(
-                    CallRecord(
-                        run_id="r",
-                        step=step,
-                        instruction=f"question {step}",
-                        generation=Generation(
-                            expert=name, text=text, output_tokens=4, cost=0.25, latency_s=0.01
-                        ),
-                    )
-                )
-            w.write(
-                AggregateRecord(
-                    run_id="r",
-                    step=step,
-                    result=StepResult(
-                        aggregator="majority",
-                        text=f"The answer is {answer}",
-                        answer=answer,
-                        votes={answer: 2.0, wrong: 1.0},
-                        supporters={answer: ["a#0", "b#0"], wrong: ["c#0"]},
-                        winner=["a#0", "b#0"],
-                        confidence=2 / 3,
-                    ),
-                )
-            )
-            w.write(
-                StepEnd(
-                    run_id="r",
-                    step=step,
-                    instruction=f"question {step}",
-                    answer=answer,
-                    usage=Usage(output_tokens=12, cost=0.75, calls=3),
-                )
-            )
+            for record in step_records(step, router_every=10):
+                w.write(record)
         if end:
-            w.write(
-                RunEnd(
-                    run_id="r",
-                    answer=str(steps - 1),
-                    stop_reason="done",
-                    usage=Usage(output_tokens=12 * steps, cost=0.75 * steps, calls=3 * steps),
-                    steps=steps,
-                    latency_s=1.0,
-                )
-            )
+            w.write(end_record(steps))
 
 
 def _index_peak(directory: Path) -> int:

@@ -9,92 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas.testing as pdt
+from _trace_records import end_record, start_record, step_records
 
-from expertgraph.core.types import Decision, Generation, StepResult, Task, Usage
 from expertgraph.traces._follow import LIVE
 from expertgraph.traces.analysis import summarize
 from expertgraph.traces.index import TraceIndex
-from expertgraph.traces.schema import (
-    AggregateRecord,
-    CallRecord,
-    RouteRecord,
-    RunEnd,
-    RunStart,
-    StepEnd,
-    TraceRecord,
-)
 from expertgraph.traces.store import TraceStore
 
-EXPERTS = ("a", "b", "c")
 TESTS = Path(__file__).resolve().parent
-
-
-def start_record() -> RunStart:
-    return RunStart(run_id="r", task=Task(prompt="p"), experts=[], policy="p", aggregator="m")
-
-
-def step_records(step: int) -> Iterator[TraceRecord]:
-    """One voted step: a route, three candidate calls (c is wrong, a retried), a vote."""
-    answer, wrong = str(step), str(step + 1)
-    yield RouteRecord(
-        run_id="r",
-        step=step,
-        decision=Decision(
-            instruction=f"question {step}",
-            experts=list(EXPERTS),
-            scores={"a": 0.5, "b": 0.3, "c": 0.2},
-            policy="p",
-        ),
-    )
-    for name in EXPERTS:
-        yield CallRecord(
-            run_id="r",
-            step=step,
-            instruction=f"question {step}",
-            generation=Generation(
-                expert=name,
-                text=f"The answer is {wrong if name == 'c' else answer}",
-                output_tokens=4,
-                cost=0.25,
-                latency_s=0.01 * (1 + step % 7),
-                attempts=2 if name == "a" and step % 5 == 0 else 1,
-            ),
-        )
-    yield AggregateRecord(
-        run_id="r",
-        step=step,
-        result=StepResult(
-            aggregator="majority",
-            text=f"The answer is {answer}",
-            answer=answer,
-            votes={answer: 2.0, wrong: 1.0},
-            supporters={answer: ["a#0", "b#0"], wrong: ["c#0"]},
-            winner=["a#0", "b#0"],
-            confidence=2 / 3,
-        ),
-    )
-    yield StepEnd(
-        run_id="r",
-        step=step,
-        instruction=f"question {step}",
-        answer=answer,
-        usage=Usage(output_tokens=12, cost=0.75, calls=3),
-    )
-
-
-def end_record(steps: int) -> RunEnd:
-    return RunEnd(
-        run_id="r",
-        answer=str(steps - 1),
-        stop_reason="done",
-        usage=Usage(output_tokens=12 * steps, cost=0.75 * steps, calls=3 * steps),
-        steps=steps,
-        latency_s=1.0,
-    )
 
 
 def _wait(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +82,7 @@ def test_a_long_run_is_indexed_as_it_is_written(tmp_path: Path) -> None:
 _KILLED_WRITER = """
 import sys, time
 sys.path.insert(0, {tests!r})
-from test_live_index import start_record, step_records
+from _trace_records import start_record, step_records
 from expertgraph.traces.store import TraceStore
 store = TraceStore({directory!r}, detail="decisions", live_index_after=50)
 writer = store.writer("r")
