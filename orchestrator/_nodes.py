@@ -238,6 +238,16 @@ class Nodes:
             "usage": recorder.usage,
         }
 
+    @classmethod
+    def _counted_out(cls, task: Task, steps: list[Step], index: int) -> str | None:
+        """Why the run stops before step ``index`` whatever the policy says: its plan is done
+        or it has taken ``max_steps``; None when it goes on."""
+        if task.plan is not None and index >= len(task.plan):
+            return cls._finished(steps, "plan complete", None)
+        if index >= task.max_steps:
+            return f"max_steps reached ({task.max_steps})"
+        return None
+
     @staticmethod
     def _finished(steps: list[Step], reason: str, answer: str | None) -> str:
         """The stop reason of a run that ends after its last step: why, when nobody answered."""
@@ -276,14 +286,9 @@ class Nodes:
         steps = state.get("steps") or []
         index = state.get("step_index", 0)
 
-        if task.plan is not None and index >= len(task.plan):
-            reason = self._finished(steps, "plan complete", None)
-            return {**update, **self._stop(state, recorder, reason)}
-        if index >= task.max_steps:
-            return {
-                **update,
-                **self._stop(state, recorder, f"max_steps reached ({task.max_steps})"),
-            }
+        counted_out = self._counted_out(task, steps, index)
+        if counted_out is not None:
+            return {**update, **self._stop(state, recorder, counted_out)}
         if _budget.past_deadline(task, recorder.started_at):
             reason = f"deadline reached ({budget.deadline_s:g}s)"
             return {**update, **self._stop(state, recorder, reason)}
@@ -362,7 +367,14 @@ class Nodes:
             if self.orch.checkpointer is None:
                 done = await self._aggregate({**state, **update, "candidates": got})  # type: ignore[typeddict-item]
                 # decision None: the step is over (after_route goes on to the next one)
-                return {**update, **done, "calls": [], "decision": None}
+                update = {**update, **done, "calls": [], "decision": None}
+                last = update["steps"][-1]
+                counted_out = self._counted_out(task, update["steps"], update["step_index"])
+                if counted_out is None or acted(last):
+                    return update
+                # The run's last step: it ends here, not in one more superstep whose route
+                # would only count the steps (the same stop, a superstep less per run).
+                return {**update, **self._stop({**state, **update}, recorder, counted_out)}  # type: ignore[typeddict-item]
             update.update(calls=[], candidates=got)
         else:
             update.update(calls=calls, candidates=None)

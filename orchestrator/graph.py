@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
+from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 
@@ -95,6 +96,26 @@ class GraphState(TypedDict, total=False):
     """The action the run ended on, for its caller to execute (``RunResult.tool_calls``)."""
 
 
+class _Path(Runnable[Any, Any]):
+    """A conditional edge's path function, called as it is.
+
+    LangGraph wraps a bare path function in a traced runnable: a callback run, a new task and
+    a shielded end event on every call, with no handler listening (about 0.2 ms each, half a
+    millisecond of a one-step run). Ours only read the state to pick the next node; the
+    nodes' own work is what a callback handler sees.
+    """
+
+    def __init__(self, afunc: Callable[[Any], Awaitable[Any]]) -> None:
+        self.afunc = afunc
+        self.name = afunc.__name__
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        raise TypeError(f"{self.name} is async: run the graph with ainvoke or astream")
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self.afunc(input)
+
+
 class RunGraph:
     """Builds and runs the graph for an :class:`Orchestrator`."""
 
@@ -118,11 +139,11 @@ class RunGraph:
         graph.add_node("act", self._flushed(nodes.act))
         graph.add_edge(START, "route")
         graph.add_conditional_edges(
-            "route", nodes.after_route, ["call", "aggregate", "act", "route", END]
+            "route", _Path(nodes.after_route), ["call", "aggregate", "act", "route", END]
         )
         graph.add_edge("call", "aggregate")
-        graph.add_conditional_edges("aggregate", nodes.after_aggregate, ["act", "route"])
-        graph.add_conditional_edges("act", nodes.after_act, ["route", END])
+        graph.add_conditional_edges("aggregate", _Path(nodes.after_aggregate), ["act", "route"])
+        graph.add_conditional_edges("act", _Path(nodes.after_act), ["route", END])
         return graph.compile()
 
     def _flushed(self, node: Callable[[Any], Awaitable[dict[str, Any]]]) -> Any:

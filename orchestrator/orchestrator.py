@@ -75,9 +75,14 @@ class _Start:
 
 def _fused_step(node: str, update: Mapping[str, Any]) -> Step | None:
     """The step a ``route`` update finished (routed, called and voted in one node), if any."""
-    if node != "route" or update.get("decision", "") is not None or not update.get("steps"):
+    if node != "route" or update.get("decision", "") is not None or "step_index" not in update:
         return None
-    return None if update.get("stop_reason") is not None else update["steps"][-1]
+    return update["steps"][-1] if update.get("steps") else None
+
+
+# What a route node that ends the run writes (Nodes._stop): when it also finished the run's
+# last step, the stop is reported as the route event a next superstep would have been.
+_STOP_FIELDS = ("stop_reason", "answer")
 
 
 class Orchestrator:
@@ -422,10 +427,15 @@ class Orchestrator:
             for node, update in chunk.items():
                 update = update or {}
                 step = _fused_step(node, update)
+                stop: dict[str, Any] | None = None
                 if step is not None:  # a one-expert step done in its route node: two events
                     data = {"decision": step.decision, "instruction": step.instruction}
                     yield RunEvent(node="route", run_id=start.run_id, step=step.index, data=data)
                     node = "aggregate"
+                    if update.get("stop_reason") is not None:  # and the run's end: a third
+                        stop = {k: update[k] for k in _STOP_FIELDS}
+                        stop.update(decision=None, calls=[], usage=update["usage"])
+                        update = {k: v for k, v in update.items() if k not in _STOP_FIELDS}
                 current.update({k: v for k, v in update.items() if k != "candidates"})
                 if "candidates" in update:  # the channel's reducer: append, None clears
                     added = update["candidates"]
@@ -438,6 +448,10 @@ class Orchestrator:
                     step=current.get("step_index", 0),
                     data=update,
                 )
+                if stop is not None:
+                    current.update(stop)
+                    step_index = current.get("step_index", 0)
+                    yield RunEvent(node="route", run_id=start.run_id, step=step_index, data=stop)
 
     async def abatch(
         self,
