@@ -360,6 +360,34 @@ def test_compiled_graph_runs_inside_a_users_graph(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.jsonl"))) == 1
 
 
+def test_a_langchain_callback_handler_sees_the_graph_and_each_node_run(tmp_path: Path) -> None:
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    class Names(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        async def on_chain_start(self, serialized, inputs, **kwargs):  # type: ignore[no-untyped-def]
+            self.started.append(kwargs.get("name") or "")
+
+    orch = Orchestrator(
+        [CallableExpert("calc", calculator)], FixedPolicy(["calc"]), trace_dir=tmp_path
+    )
+
+    def started(task: Task) -> list[str]:
+        handler = Names()
+        out = asyncio.run(orch.graph.ainvoke({"task": task}, config={"callbacks": [handler]}))
+        assert out["answer"] == "42"
+        return handler.started
+
+    # The graph and its nodes: a route per step, then the route where the policy finishes.
+    # The routing functions between nodes are plain calls, not runs of their own.
+    assert started(Task(prompt="What is 6 * 7?")) == ["LangGraph", "route", "route"]
+    # A plan's last step ends the run in its own route node: no superstep to count steps.
+    plan = Task(plan=[PlanStep(instruction="What is 6 * 7?")])
+    assert started(plan) == ["LangGraph", "route"]
+
+
 def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
     code = (
         "import sys, expertgraph.orchestrator, expertgraph.agents, expertgraph.policies, "
