@@ -258,6 +258,64 @@ class Nodes:
 
     # ---- route ---------------------------------------------------------------------------
 
+    async def _decide(
+        self, state: GraphState, recorder: RunRecorder
+    ) -> dict[str, Any] | tuple[Decision, RoutingState]:
+        """The decision for the state's next step, or the update that stops the run before
+        it (limits, no usable expert, the policy finishing or failing). A decision made
+        ahead, at the end of the step before (:meth:`route`'s one-expert path), is used
+        as it is: the policy is asked once per step."""
+        task = recorder.task  # with the tools the run offers
+        budget = task.budget
+        steps = state.get("steps") or []
+        index = state.get("step_index", 0)
+
+        counted_out = self._counted_out(task, steps, index)
+        if counted_out is not None:
+            return self._stop(state, recorder, counted_out)
+        if _budget.past_deadline(task, recorder.started_at):
+            reason = f"deadline reached ({budget.deadline_s:g}s)"
+            return self._stop(state, recorder, reason)
+
+        plan_step = task.plan[index] if task.plan is not None else None
+        if recorder.overrun is not None:
+            return self._stop(state, recorder, recorder.overrun)
+        ahead, recorder.decided = recorder.decided, None
+        if ahead is not None and ahead[0] == index:
+            return ahead[1], ahead[2]
+        routing_state = self._routing_state(recorder, index, steps, plan_step)
+        if next_instruction(routing_state) is not None:
+            routing_state.require_available()  # all cooling down: NoExpertAvailable, at once
+        if routing_state.offers_tools and not routing_state.allowed:
+            offered = ", ".join(s.name for s in task.tools or [])
+            reason = f"no expert can call tools: the step offers {offered}"
+            if routing_state.plan_step is not None and routing_state.plan_step.experts:
+                reason += f" and allows only {', '.join(routing_state.plan_step.experts)}"
+            reason += " (an expert card needs tools: true)"
+            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            return self._stop(state, recorder, reason)
+        caller = recorder.caller(index, plan_step.instruction if plan_step else "")
+        routing_state.call = caller
+        try:
+            decision = await self.orch.policy.adecide(routing_state)
+        except Exception as exc:  # noqa: BLE001 - a broken policy stops the run, cleanly
+            reason = f"policy {self.orch.policy.name!r} failed: {type(exc).__name__}: {exc}"
+            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            return self._stop(state, recorder, reason)
+        # What deciding cost (an LLM router's call) is the run's spend and budget.
+        recorder.count(_budget.uncounted(decision.usage, caller.usage))
+        _note_health(decision.meta, recorder.take_notes(index), routing_state.cooling)
+
+        if decision.action == "finish":
+            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
+            reason = self._finished(
+                steps, f"policy finished: {decision.rationale}", decision.answer
+            )
+            return self._stop(state, recorder, reason, decision.answer)
+        return decision, routing_state
+
     async def route(self, state: GraphState) -> dict[str, Any]:
         task = state["task"]
         update: dict[str, Any] = {}
@@ -281,52 +339,15 @@ class Nodes:
             )
             state = {**state, **update}  # type: ignore[typeddict-item]
         recorder = self.runs[state["run_id"]]
-        task = recorder.task  # with the tools the run offers
+        decided = await self._decide(state, recorder)
+        if isinstance(decided, dict):  # the run stops here
+            return {**update, **decided}
+        decision, routing_state = decided
+        task = recorder.task
         budget = task.budget
         steps = state.get("steps") or []
         index = state.get("step_index", 0)
-
-        counted_out = self._counted_out(task, steps, index)
-        if counted_out is not None:
-            return {**update, **self._stop(state, recorder, counted_out)}
-        if _budget.past_deadline(task, recorder.started_at):
-            reason = f"deadline reached ({budget.deadline_s:g}s)"
-            return {**update, **self._stop(state, recorder, reason)}
-
-        plan_step = task.plan[index] if task.plan is not None else None
-        if recorder.overrun is not None:
-            return {**update, **self._stop(state, recorder, recorder.overrun)}
-        routing_state = self._routing_state(recorder, index, steps, plan_step)
-        if next_instruction(routing_state) is not None:
-            routing_state.require_available()  # all cooling down: NoExpertAvailable, at once
-        if routing_state.offers_tools and not routing_state.allowed:
-            offered = ", ".join(s.name for s in task.tools or [])
-            reason = f"no expert can call tools: the step offers {offered}"
-            if routing_state.plan_step is not None and routing_state.plan_step.experts:
-                reason += f" and allows only {', '.join(routing_state.plan_step.experts)}"
-            reason += " (an expert card needs tools: true)"
-            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
-            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
-            return {**update, **self._stop(state, recorder, reason)}
-        caller = recorder.caller(index, plan_step.instruction if plan_step else "")
-        routing_state.call = caller
-        try:
-            decision = await self.orch.policy.adecide(routing_state)
-        except Exception as exc:  # noqa: BLE001 - a broken policy stops the run, cleanly
-            reason = f"policy {self.orch.policy.name!r} failed: {type(exc).__name__}: {exc}"
-            decision = Decision(action="finish", policy=self.orch.policy.name, rationale=reason)
-            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
-            return {**update, **self._stop(state, recorder, reason)}
-        # What deciding cost (an LLM router's call) is the run's spend and budget.
-        recorder.count(_budget.uncounted(decision.usage, caller.usage))
-        _note_health(decision.meta, recorder.take_notes(index), routing_state.cooling)
-
-        if decision.action == "finish":
-            recorder.write(RouteRecord(run_id=recorder.run_id, step=index, decision=decision))
-            reason = self._finished(
-                steps, f"policy finished: {decision.rationale}", decision.answer
-            )
-            return {**update, **self._stop(state, recorder, reason, decision.answer)}
+        plan_step = routing_state.plan_step
 
         instruction = decision.instruction or (plan_step.instruction if plan_step else task.text)
         routing_state.require_available()
@@ -368,13 +389,19 @@ class Nodes:
                 done = await self._aggregate({**state, **update, "candidates": got})  # type: ignore[typeddict-item]
                 # decision None: the step is over (after_route goes on to the next one)
                 update = {**update, **done, "calls": [], "decision": None}
-                last = update["steps"][-1]
-                counted_out = self._counted_out(task, update["steps"], update["step_index"])
-                if counted_out is None or acted(last):
+                if acted(update["steps"][-1]):
+                    return update  # on to act
+                # The next step is decided now. When that ends the run (its plan done, the
+                # policy finishing), it ends in this superstep: one fewer per run. Else the
+                # next route node takes the decision as it is.
+                try:
+                    ahead = await self._decide({**state, **update}, recorder)  # type: ignore[typeddict-item]
+                except Exception:  # noqa: BLE001 - the next route node raises it, as it would
                     return update
-                # The run's last step: it ends here, not in one more superstep whose route
-                # would only count the steps (the same stop, a superstep less per run).
-                return {**update, **self._stop({**state, **update}, recorder, counted_out)}  # type: ignore[typeddict-item]
+                if isinstance(ahead, dict):
+                    return {**update, **ahead}
+                recorder.decided = (update["step_index"], *ahead)
+                return update
             update.update(calls=[], candidates=got)
         else:
             update.update(calls=calls, candidates=None)

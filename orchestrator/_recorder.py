@@ -25,9 +25,17 @@ from typing import Any
 
 from expertgraph.core.health import COOLING, HEALTH
 from expertgraph.core.protocols import BUDGET_REFUSED, CallRole, ExpertLike, refused
-from expertgraph.core.state import ExpertHealth
+from expertgraph.core.state import ExpertHealth, RoutingState
 from expertgraph.core.tools import ToolCall
-from expertgraph.core.types import ExpertFailure, Generation, Message, Step, Task, Usage
+from expertgraph.core.types import (
+    Decision,
+    ExpertFailure,
+    Generation,
+    Message,
+    Step,
+    Task,
+    Usage,
+)
 from expertgraph.orchestrator._budget import (
     MIN_FIT_TOKENS,
     fit_tokens,
@@ -66,6 +74,10 @@ class RunRecorder:
     overrun: str | None = None
     """Set when an upstream reported more usage than its call's worst case: the run makes no
     further call and stops with this as its reason (``budget_overrun: ...``)."""
+    decided: tuple[int, Decision, RoutingState] | None = None
+    """The next step's decision, made at the end of the step before (a one-expert step
+    decides its successor in the same node); its route node takes it instead of asking the
+    policy again."""
     steps: deque[Step] = field(default_factory=lambda: deque(maxlen=RESULT_STEPS))
     """The run's last :data:`RESULT_STEPS` steps, for ``RunResult.steps`` (the graph's state
     keeps only its history window; every step is in the trace)."""

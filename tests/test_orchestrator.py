@@ -380,12 +380,12 @@ def test_a_langchain_callback_handler_sees_the_graph_and_each_node_run(tmp_path:
         assert out["answer"] == "42"
         return handler.started
 
-    # The graph and its nodes: a route per step, then the route where the policy finishes.
-    # The routing functions between nodes are plain calls, not runs of their own.
-    assert started(Task(prompt="What is 6 * 7?")) == ["LangGraph", "route", "route"]
-    # A plan's last step ends the run in its own route node: no superstep to count steps.
-    plan = Task(plan=[PlanStep(instruction="What is 6 * 7?")])
-    assert started(plan) == ["LangGraph", "route"]
+    # The graph and its nodes; the routing functions between nodes are plain calls, not
+    # runs of their own. A one-expert step decides the next one in its node: when that
+    # ends the run (the policy finishing, the plan done), the run ends there too.
+    assert started(Task(prompt="What is 6 * 7?")) == ["LangGraph", "route"]
+    plan = [PlanStep(instruction="What is 6 * 7?"), PlanStep(instruction="{step0}")]
+    assert started(Task(plan=plan)) == ["LangGraph", "route", "route"]
 
 
 def test_importing_the_orchestrator_loads_neither_torch_nor_litellm() -> None:
