@@ -82,7 +82,7 @@ def _fused_step(node: str, update: Mapping[str, Any]) -> Step | None:
 
 # What a route node that ends the run writes (Nodes._stop): when it also finished the run's
 # last step, the stop is reported as the route event a next superstep would have been.
-_STOP_FIELDS = ("stop_reason", "answer")
+_STOP_FIELDS = ("stop_reason", "answer", "decision", "calls", "usage")
 
 
 class Orchestrator:
@@ -434,8 +434,9 @@ class Orchestrator:
                     node = "aggregate"
                     if update.get("stop_reason") is not None:  # and the run's end: a third
                         stop = {k: update[k] for k in _STOP_FIELDS}
-                        stop.update(decision=None, calls=[], usage=update["usage"])
-                        update = {k: v for k, v in update.items() if k not in _STOP_FIELDS}
+                        update = {
+                            k: v for k, v in update.items() if k not in ("stop_reason", "answer")
+                        }
                 current.update({k: v for k, v in update.items() if k != "candidates"})
                 if "candidates" in update:  # the channel's reducer: append, None clears
                     added = update["candidates"]
